@@ -1,0 +1,69 @@
+"""Run the whole app on one machine: the web server and a django-q2 worker.
+
+Both run as child processes; if either exits, the other is stopped too, so
+a half-running app never goes unnoticed. Ctrl-C stops both.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Start the web server (gunicorn) and a background worker (qcluster) together."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--web-workers", type=int, default=int(os.environ.get("WEB_WORKERS", "2")))
+
+    def handle(self, *args, host, port, web_workers, **options):
+        python = sys.executable
+        web = [
+            python, "-m", "gunicorn", "portraitstudio.wsgi:application",
+            "--bind", f"{host}:{port}", "--workers", str(web_workers), "--threads", "4",
+            "--timeout", "60", "--access-logfile", "-", "--log-level", "warning",
+        ]
+        worker = [python, "manage.py", "qcluster"]
+        children = {
+            "web": subprocess.Popen(web, cwd=settings.BASE_DIR),
+            "worker": subprocess.Popen(worker, cwd=settings.BASE_DIR),
+        }
+        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        self.stdout.write(self.style.SUCCESS(f"\nPortrait Studio is running at http://{shown_host}:{port}/"))
+        self.stdout.write(f"Data (database, photos) is kept in {settings.DATA_DIR}. Press Ctrl-C to stop.\n")
+
+        stopping = False
+
+        def stop(signum=None, frame=None):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        exit_code = 0
+        while not stopping:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    self.stderr.write(f"The {name} process exited with code {child.returncode}; stopping.")
+                    exit_code = child.returncode or 1
+                    stopping = True
+                    break
+            time.sleep(0.5)
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.time() + 15
+        for child in children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        sys.exit(exit_code)

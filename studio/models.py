@@ -1,0 +1,218 @@
+"""Photos (uploads), jobs (an operation run on a photo), results, share links."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from studio.imaging import FaceBox
+from studio.operations import OPERATIONS
+
+
+def _photo_path(instance, filename):
+    return f"photos/{instance.pk}/{filename}"
+
+
+def _result_path(instance, filename):
+    return f"results/{instance.job_id}/{filename}"
+
+
+class OwnedModel(models.Model):
+    """Owned by a user, or (before sign-up) by an anonymous visitor's session."""
+
+    owner_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    owner_visitor = models.CharField(max_length=64, blank=True, db_index=True)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def owner_label(self) -> str:
+        if self.owner_user_id:
+            return f"user #{self.owner_user_id}"
+        return f"visitor {self.owner_visitor[:8]}…" if self.owner_visitor else "nobody"
+
+
+class Photo(OwnedModel):
+    """An uploaded photo, normalized: upright JPEG, metadata stripped."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    image = models.FileField(upload_to=_photo_path)
+    thumbnail = models.FileField(upload_to=_photo_path)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    byte_size = models.PositiveIntegerField(default=0)
+    source_format = models.CharField(max_length=10)
+    faces = models.JSONField(default=list, help_text="Face boxes [x, y, w, h], largest first.")
+    original_name = models.CharField(max_length=120, blank=True)
+    # Set when the photo is a result used as the input of another operation.
+    source_result = models.ForeignKey(
+        "Result", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return self.original_name or f"Photo {str(self.pk)[:8]}"
+
+    @property
+    def face_boxes(self) -> list[FaceBox]:
+        return [FaceBox.from_list(box) for box in self.faces]
+
+    @property
+    def megapixels(self) -> float:
+        return round(self.width * self.height / 1_000_000, 1)
+
+
+class Job(OwnedModel):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Done"
+        FAILED = "failed", "Failed"
+
+    TERMINAL = (Status.SUCCEEDED, Status.FAILED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    photo = models.ForeignKey(Photo, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    reference_photo = models.ForeignKey(
+        Photo, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    operation = models.CharField(max_length=50, db_index=True)
+    provider = models.CharField(max_length=30)
+    params = models.JSONField(default=dict, blank=True)
+    sandbox = models.BooleanField(default=False, help_text="Run against the vendor emulator.")
+
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    stage = models.CharField(max_length=80, blank=True)
+    progress = models.FloatField(null=True, blank=True)
+    error_message = models.TextField(blank=True, help_text="Shown to the user.")
+    # Vendor bookkeeping, persisted the moment it exists so a crash can resume.
+    request_id = models.CharField(max_length=64, blank=True, default="")
+    vendor_task_id = models.CharField(max_length=200, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    cost = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
+    rerun_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner_user", "-created_at"]),
+            models.Index(fields=["owner_visitor", "-created_at"]),
+        ]
+
+    def __str__(self):
+        return f"{self.operation_label} ({self.get_status_display()})"
+
+    @property
+    def operation_spec(self):
+        return OPERATIONS.get(self.operation)
+
+    @property
+    def operation_label(self) -> str:
+        spec = self.operation_spec
+        return spec.label if spec else self.operation
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+    @property
+    def elapsed_seconds(self) -> float | None:
+        if not self.started_at:
+            return None
+        end = self.finished_at or timezone.now()
+        return max(0.0, (end - self.started_at).total_seconds())
+
+    @property
+    def progress_percent(self) -> int:
+        if self.status == self.Status.SUCCEEDED:
+            return 100
+        return int(round((self.progress or 0) * 100))
+
+    def params_display(self) -> list[tuple[str, str]]:
+        spec = self.operation_spec
+        rows = []
+        for name, value in self.params.items():
+            label = name
+            if spec:
+                try:
+                    param = spec.param(name)
+                except KeyError:
+                    pass
+                else:
+                    label = param.label
+                    if param.kind == "choice":
+                        value = dict(param.choices).get(value, value)
+            rows.append((label, value))
+        return rows
+
+
+class Result(models.Model):
+    """One output image of a job; a job can have several."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="results")
+    index = models.PositiveSmallIntegerField(default=0)
+    image = models.FileField(upload_to=_result_path)
+    thumbnail = models.FileField(upload_to=_result_path)
+    content_type = models.CharField(max_length=30, default="image/jpeg")
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    label = models.CharField(max_length=120, blank=True)
+    meta = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["job", "index"]
+        constraints = [models.UniqueConstraint(fields=["job", "index"], name="unique_result_index")]
+
+    def __str__(self):
+        return f"{self.job.operation_label} result {self.index + 1}"
+
+    @property
+    def extension(self) -> str:
+        return "png" if self.content_type == "image/png" else "jpg"
+
+    def download_name(self) -> str:
+        return f"portrait-{self.job.operation}-{str(self.pk)[:8]}.{self.extension}"
+
+
+def new_share_token() -> str:
+    return secrets.token_urlsafe(24)  # 192 bits
+
+
+class ShareLink(models.Model):
+    """A public, unguessable link to one result; revoking it makes the link 404."""
+
+    result = models.ForeignKey(Result, on_delete=models.CASCADE, related_name="share_links")
+    token = models.CharField(max_length=64, unique=True, default=new_share_token, editable=False)
+    show_before = models.BooleanField(default=False, help_text="Also show the original photo.")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"Share of {self.result}"
+
+    @property
+    def is_active(self) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or self.expires_at > timezone.now()

@@ -1,0 +1,50 @@
+"""Who owns what: a signed-in user, or an anonymous visitor through the session.
+
+Anonymous visitors get a random visitor id kept in their session. When they
+sign up or log in, everything made under that id moves to the account (see
+signals.py), so no work is lost.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from django.db.models import Q
+
+VISITOR_SESSION_KEY = "studio_visitor_id"
+
+
+@dataclass(frozen=True)
+class Owner:
+    user_id: int | None = None
+    visitor_id: str = ""
+
+    def q(self, prefix: str = "") -> Q:
+        """A filter matching rows owned by this owner (fields under `prefix`)."""
+        if self.user_id is not None:
+            return Q(**{f"{prefix}owner_user_id": self.user_id})
+        if not self.visitor_id:
+            return Q(pk__in=[])  # owns nothing yet
+        return Q(**{f"{prefix}owner_user__isnull": True, f"{prefix}owner_visitor": self.visitor_id})
+
+    def fields(self) -> dict:
+        """Values for the owner fields of a new row."""
+        if self.user_id is not None:
+            return {"owner_user_id": self.user_id, "owner_visitor": ""}
+        return {"owner_user_id": None, "owner_visitor": self.visitor_id}
+
+
+def visitor_id(request, *, create: bool) -> str:
+    value = request.session.get(VISITOR_SESSION_KEY, "")
+    if not value and create:
+        value = secrets.token_urlsafe(24)
+        request.session[VISITOR_SESSION_KEY] = value
+    return value
+
+
+def owner_for(request, *, create: bool = False) -> Owner:
+    """The owner behind this request; `create` starts a visitor identity if needed."""
+    if request.user.is_authenticated:
+        return Owner(user_id=request.user.pk)
+    return Owner(visitor_id=visitor_id(request, create=create))

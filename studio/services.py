@@ -1,0 +1,325 @@
+"""Every write the product makes: photos, jobs, results, share links.
+
+Views and tasks call these; they never touch models' state directly. Job
+state changes through conditional updates so two workers can never both
+claim a job, and every failure ends in a terminal state with a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from studio import imaging
+from studio.models import Job, Photo, Result, ShareLink
+from studio.operations import Operation
+from studio.ownership import Owner
+from studio.vendors.base import JobInput, Output, Progress, VendorError, get_provider
+
+log = logging.getLogger(__name__)
+
+GENERIC_FAILURE = (
+    "Something went wrong on our side while processing this photo. "
+    "Please try again in a minute; your photo is safe."
+)
+TIMED_OUT = "This job took too long and was stopped. Please try again; if it keeps happening, pick another operation."
+
+
+class ServiceError(Exception):
+    """A request that cannot be carried out; `message` is safe to show."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+# --- Photos -----------------------------------------------------------------
+
+
+def _clean_filename(name: str) -> str:
+    """A display-only version of the client's filename: no path, no control chars."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip()
+    return name[:120]
+
+
+def photo_create(*, owner: Owner, data: bytes, filename: str = "", source_result=None) -> Photo:
+    """Ingest uploaded bytes into a stored, normalized Photo (raises ImageRejected)."""
+    ingested = imaging.ingest(data, max_bytes=settings.STUDIO_MAX_UPLOAD_MB * 1024 * 1024)
+    photo = Photo(
+        **owner.fields(),
+        width=ingested.width,
+        height=ingested.height,
+        byte_size=len(ingested.jpeg),
+        source_format=ingested.source_format,
+        faces=[box.as_list() for box in ingested.faces],
+        original_name=_clean_filename(filename),
+        source_result=source_result,
+    )
+    photo.image.save("photo.jpg", ContentFile(ingested.jpeg), save=False)
+    photo.thumbnail.save("thumb.jpg", ContentFile(ingested.thumbnail), save=False)
+    photo.save()
+    return photo
+
+
+def photo_from_result(*, owner: Owner, result: Result) -> Photo:
+    """Chaining: make a result the input photo of another operation."""
+    with result.image.open("rb") as fh:
+        data = fh.read()
+    return photo_create(owner=owner, data=data, filename=f"{result.label or 'result'}.jpg", source_result=result)
+
+
+def photo_delete(*, photo: Photo) -> None:
+    photo.delete()  # files go in the post_delete handler, after commit
+
+
+# --- Jobs -------------------------------------------------------------------
+
+
+def job_create(
+    *,
+    owner: Owner,
+    photo: Photo,
+    operation: Operation,
+    params: dict[str, Any],
+    reference_photo: Photo | None = None,
+    rerun_of: Job | None = None,
+) -> Job:
+    """Queue a job and enqueue its task once the row is committed."""
+    provider = get_provider(operation.provider)
+    reason = provider.unavailable_reason()
+    if reason:
+        raise ServiceError(reason)
+    problems = operation.limits.problems(faces=photo.face_boxes, source_format=photo.source_format)
+    if problems:
+        raise ServiceError(problems[0])
+    job = Job.objects.create(
+        **owner.fields(),
+        photo=photo,
+        reference_photo=reference_photo,
+        operation=operation.key,
+        provider=operation.provider,
+        params=params,
+        sandbox=settings.STUDIO_SANDBOX,
+        # A fresh request id per deliberate run; retries of one run reuse it.
+        request_id=uuid.uuid4().hex,
+        rerun_of=rerun_of,
+        stage="Waiting for a worker",
+    )
+    transaction.on_commit(lambda: enqueue_job(job.pk))
+    return job
+
+
+def enqueue_job(job_id) -> None:
+    from django_q.tasks import async_task
+
+    async_task(
+        "studio.tasks.run_job",
+        str(job_id),
+        hook="studio.tasks.run_job_finished",
+        task_name=f"job-{job_id}",
+        group="jobs",
+    )
+
+
+def job_claim(job_id) -> bool:
+    """Move a queued job to running; True only for the one worker that did it.
+
+    A job left "running" by a worker that died (no heartbeat for a while) can
+    be claimed again so it resumes instead of waiting for the sweeper.
+    """
+    now = timezone.now()
+    stale_before = now - timezone.timedelta(seconds=settings.STUDIO_JOB_TIMEOUT + 30)
+    claimable = Job.objects.filter(pk=job_id).filter(
+        Q(status=Job.Status.QUEUED) | Q(status=Job.Status.RUNNING, heartbeat_at__lt=stale_before)
+    )
+    return (
+        claimable.update(
+            status=Job.Status.RUNNING,
+            started_at=now,
+            heartbeat_at=now,
+            attempts=F("attempts") + 1,
+            stage="Starting",
+        )
+        == 1
+    )
+
+
+def job_report(job_id, stage: str, fraction: float | None = None) -> None:
+    """Record the running job's stage; the heartbeat proves its worker is alive."""
+    values: dict[str, Any] = {"stage": stage[:80], "heartbeat_at": timezone.now()}
+    if fraction is not None:
+        values["progress"] = max(0.0, min(1.0, float(fraction)))
+    Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(**values)
+
+
+def job_mark_failed(job_id, message: str) -> bool:
+    """Fail a job that is not yet terminal; True if this call did it."""
+    return (
+        Job.objects.filter(pk=job_id)
+        .exclude(status__in=Job.TERMINAL)
+        .update(status=Job.Status.FAILED, error_message=message, finished_at=timezone.now(), stage="")
+        == 1
+    )
+
+
+def _store_outputs(job: Job, outputs: list[Output]) -> None:
+    """Verify each output decodes as an image, then store it with a thumbnail."""
+    if not outputs:
+        raise VendorError("The service returned no image. Please try again.", permanent=False)
+    with transaction.atomic():
+        job.results.all().delete()  # a resumed run replaces partial results
+        for index, output in enumerate(outputs):
+            try:
+                image = imaging.load_image(output.data)
+            except imaging.ImageRejected:
+                raise VendorError(
+                    "The service returned a damaged image. Please try again.", permanent=False
+                ) from None
+            result = Result(
+                job=job,
+                index=index,
+                content_type=output.content_type,
+                width=image.width,
+                height=image.height,
+                label=output.label,
+                meta=output.meta,
+            )
+            name = f"{index + 1}.{'png' if output.content_type == 'image/png' else 'jpg'}"
+            result.image.save(name, ContentFile(output.data), save=False)
+            result.thumbnail.save(f"{index + 1}-thumb.jpg", ContentFile(imaging.make_thumbnail(image)), save=False)
+            result.save()
+        updated = (
+            Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING)
+            .update(status=Job.Status.SUCCEEDED, stage="Done", progress=1.0, finished_at=timezone.now())
+        )
+        if updated != 1:
+            # The sweeper failed the job meanwhile; keep its verdict, drop the files.
+            transaction.set_rollback(True)
+
+
+def job_run(job_id) -> None:
+    """Run one job to a terminal state: submit, poll, fetch, store."""
+    if not job_claim(job_id):
+        log.info("job %s already claimed or finished; skipping", job_id)
+        return
+    job = Job.objects.select_related("photo", "reference_photo").get(pk=job_id)
+    try:
+        _run_claimed(job)
+    except VendorError as exc:
+        job_mark_failed(job.pk, exc.message)
+    except Exception:
+        log.exception("job %s crashed", job.pk)
+        job_mark_failed(job.pk, GENERIC_FAILURE)
+
+
+def _read(field) -> bytes:
+    with field.open("rb") as fh:
+        return fh.read()
+
+
+def _run_claimed(job: Job) -> None:
+    operation = job.operation_spec
+    if operation is None:
+        raise VendorError("This operation is no longer offered. Please pick another one.")
+    if job.photo is None:
+        raise VendorError("The photo for this job was deleted. Upload it again to run the job.")
+    provider = get_provider(job.provider)
+    job_input = JobInput(
+        job_id=str(job.pk),
+        operation=operation,
+        params=job.params,
+        image=_read(job.photo.image),
+        faces=job.photo.face_boxes,
+        request_id=job.request_id,
+        reference=_read(job.reference_photo.image) if job.reference_photo else None,
+        report=lambda stage, fraction=None: job_report(job.pk, stage, fraction),
+    )
+    deadline = job.created_at.timestamp() + settings.STUDIO_JOB_DEADLINE_SECONDS
+    progress: Progress | None = None
+    if job.vendor_task_id:
+        job_report(job.pk, "Resuming", None)
+    else:
+        submission = provider.submit(job_input)
+        Job.objects.filter(pk=job.pk).update(vendor_task_id=submission.task_id[:200])
+        job.vendor_task_id = submission.task_id
+        progress = submission.progress
+    while progress is None or not progress.finished:
+        if time.time() > deadline:
+            raise VendorError(TIMED_OUT, permanent=True)
+        if progress is not None:
+            time.sleep(max(0.2, min(progress.poll_after, 10.0)))
+        progress = provider.poll(job_input, job.vendor_task_id)
+        job_report(job.pk, progress.stage or "Processing", progress.fraction)
+    job_report(job.pk, "Saving results", 0.97)
+    _store_outputs(job, provider.fetch_results(job_input, progress))
+
+
+def job_rerun(*, owner: Owner, job: Job, params: dict[str, Any]) -> Job:
+    if job.photo is None:
+        raise ServiceError("The original photo of this job was deleted; upload it again to run it.")
+    return job_create(
+        owner=owner,
+        photo=job.photo,
+        operation=job.operation_spec,
+        params=params,
+        reference_photo=job.reference_photo,
+        rerun_of=job,
+    )
+
+
+def job_delete(*, job: Job) -> None:
+    job.delete()
+
+
+def jobs_sweep_stale() -> int:
+    """Fail every job still unfinished past its deadline. Safe to run anywhere, any time."""
+    cutoff = timezone.now() - timezone.timedelta(seconds=settings.STUDIO_JOB_DEADLINE_SECONDS)
+    stale = Job.objects.exclude(status__in=Job.TERMINAL).filter(created_at__lt=cutoff)
+    return stale.update(status=Job.Status.FAILED, error_message=TIMED_OUT, finished_at=timezone.now(), stage="")
+
+
+# --- Results and sharing ----------------------------------------------------
+
+
+def result_delete(*, result: Result) -> None:
+    job = result.job
+    result.delete()
+    if not job.results.exists():
+        job.delete()
+
+
+def share_enable(*, result: Result, show_before: bool = False) -> ShareLink:
+    """The active share link of a result, created if there is none."""
+    with transaction.atomic():
+        link = next((link for link in result.share_links.all() if link.is_active), None)
+        if link is None:
+            link = ShareLink.objects.create(result=result, show_before=show_before)
+        elif link.show_before != show_before:
+            link.show_before = show_before
+            link.save(update_fields=["show_before"])
+    return link
+
+
+def share_disable(*, result: Result) -> int:
+    return result.share_links.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def owner_adopt_visitor_work(*, user, visitor_id: str) -> int:
+    """On sign-up or log-in, move a visitor's photos and jobs to the account."""
+    if not visitor_id:
+        return 0
+    moved = 0
+    for model in (Photo, Job):
+        moved += model.objects.filter(owner_user__isnull=True, owner_visitor=visitor_id).update(
+            owner_user=user, owner_visitor=""
+        )
+    return moved

@@ -1,0 +1,58 @@
+"""Signal handlers: stored files follow their rows; visitors' work follows them into an account."""
+
+from __future__ import annotations
+
+from django.contrib.auth.signals import user_logged_in
+from django.db import transaction
+from django.db.models.signals import post_delete, post_migrate
+from django.dispatch import receiver
+
+from studio.models import Photo, Result
+from studio.ownership import VISITOR_SESSION_KEY
+
+
+def _delete_files_on_commit(*fields) -> None:
+    names = [(f.storage, f.name) for f in fields if f and f.name]
+
+    def delete():
+        for storage, name in names:
+            storage.delete(name)
+
+    transaction.on_commit(delete)
+
+
+@receiver(post_delete, sender=Photo)
+def photo_files_delete(sender, instance, **kwargs):
+    _delete_files_on_commit(instance.image, instance.thumbnail)
+
+
+@receiver(post_delete, sender=Result)
+def result_files_delete(sender, instance, **kwargs):
+    _delete_files_on_commit(instance.image, instance.thumbnail)
+
+
+@receiver(user_logged_in)
+def adopt_visitor_work(sender, request, user, **kwargs):
+    from studio.services import owner_adopt_visitor_work
+
+    if request is not None and hasattr(request, "session"):
+        visitor = request.session.pop(VISITOR_SESSION_KEY, "")
+        owner_adopt_visitor_work(user=user, visitor_id=visitor)
+
+
+@receiver(post_migrate)
+def ensure_schedules(sender, app_config=None, **kwargs):
+    """Create the periodic tasks once; running migrate again changes nothing."""
+    if getattr(app_config, "label", None) != "studio":
+        return
+    from django_q.models import Schedule
+
+    Schedule.objects.update_or_create(
+        name="sweep-stale-jobs",
+        defaults={
+            "func": "studio.tasks.sweep_stale_jobs",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": 1,
+            "repeats": -1,
+        },
+    )

@@ -1,0 +1,31 @@
+"""django-q2 entry points only: load by id, call a service."""
+
+from __future__ import annotations
+
+import logging
+
+from studio import services
+
+log = logging.getLogger(__name__)
+
+
+def run_job(job_id: str) -> None:
+    services.job_run(job_id)
+
+
+def run_job_finished(task) -> None:
+    """Hook after every run_job task, successful or not.
+
+    A django-q2 timeout kills the task with SystemExit, which no `except
+    Exception` inside the task sees; this hook makes sure the job still ends
+    in a terminal state with a message.
+    """
+    if task.success:
+        return
+    job_id = task.args[0] if task.args else None
+    if job_id and services.job_mark_failed(job_id, services.TIMED_OUT if "timeout" in str(task.result).lower() else services.GENERIC_FAILURE):
+        log.warning("job %s failed in its worker: %s", job_id, task.result)
+
+
+def sweep_stale_jobs() -> int:
+    return services.jobs_sweep_stale()

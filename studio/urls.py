@@ -1,0 +1,27 @@
+from django.urls import path
+
+from studio import views
+
+app_name = "studio"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("photos/", views.photo_upload, name="photo_upload"),
+    path("photos/<uuid:photo_id>/image", views.photo_image, name="photo_image"),
+    path("photos/<uuid:photo_id>/delete", views.photo_delete, name="photo_delete"),
+    path("jobs/", views.job_create, name="job_create"),
+    path("jobs/<uuid:job_id>/", views.job_detail, name="job"),
+    path("jobs/<uuid:job_id>/status", views.job_status, name="job_status"),
+    path("jobs/<uuid:job_id>/delete", views.job_delete, name="job_delete"),
+    path("jobs/<uuid:job_id>/rerun", views.job_rerun, name="job_rerun"),
+    path("gallery/", views.gallery, name="gallery"),
+    path("results/<uuid:result_id>/", views.result_detail, name="result"),
+    path("results/<uuid:result_id>/image", views.result_image, name="result_image"),
+    path("results/<uuid:result_id>/download", views.result_download, name="result_download"),
+    path("results/<uuid:result_id>/delete", views.result_delete, name="result_delete"),
+    path("results/<uuid:result_id>/chain", views.result_chain, name="result_chain"),
+    path("results/<uuid:result_id>/share", views.result_share, name="result_share"),
+    path("s/<str:token>", views.share_page, name="share"),
+    path("s/<str:token>/image", views.share_image, name="share_image"),
+    path("s/<str:token>/before", views.share_before_image, name="share_before"),
+]

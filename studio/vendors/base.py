@@ -1,0 +1,104 @@
+"""The provider interface every vendor adapter (and the local one) implements.
+
+A job runs as submit → poll until finished → fetch results. Providers raise
+one error type, VendorError, whose message is safe to show to the user and
+which says whether trying again could help.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Any, Callable
+
+from studio.imaging import FaceBox
+from studio.operations import Operation
+
+
+class VendorError(Exception):
+    """A failure with a user-facing message; `permanent` means retrying won't help."""
+
+    def __init__(self, message: str, *, permanent: bool = True, retry_after: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Output:
+    """One finished image, in memory, before it is stored as a Result."""
+
+    data: bytes
+    content_type: str = "image/jpeg"
+    label: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Progress:
+    finished: bool
+    stage: str = ""
+    fraction: float | None = None
+    poll_after: float = 1.0  # seconds until the next poll is useful
+    outputs: tuple[Output, ...] = ()
+
+
+@dataclass(frozen=True)
+class Submission:
+    task_id: str
+    progress: Progress | None = None  # set when the provider finished at once
+
+
+StageReporter = Callable[[str, float | None], None]
+
+
+@dataclass
+class JobInput:
+    """Everything a provider needs for one job; built by the job runner."""
+
+    job_id: str
+    operation: Operation
+    params: dict[str, Any]
+    image: bytes  # the normalized JPEG, metadata already stripped
+    faces: list[FaceBox]
+    request_id: str
+    reference: bytes | None = None
+    report: StageReporter = lambda stage, fraction=None: None
+
+
+class Provider(ABC):
+    key: str = ""
+    label: str = ""
+    # True when the photo never leaves this server.
+    runs_locally: bool = False
+
+    def unavailable_reason(self) -> str | None:
+        """Why this provider cannot run now (e.g. missing keys), or None."""
+        return None
+
+    @abstractmethod
+    def submit(self, job: JobInput) -> Submission: ...
+
+    def poll(self, job: JobInput, task_id: str) -> Progress:
+        raise VendorError("This job's task was lost; please run it again.", permanent=True)
+
+    def fetch_results(self, job: JobInput, progress: Progress) -> list[Output]:
+        return list(progress.outputs)
+
+
+# Provider key → dotted path, imported on first use so a vendor module's
+# dependencies load only when that vendor is used.
+PROVIDERS: dict[str, str] = {
+    "local": "studio.vendors.local.LocalProvider",
+}
+
+_instances: dict[str, Provider] = {}
+
+
+def get_provider(key: str) -> Provider:
+    if key not in _instances:
+        module_name, _, class_name = PROVIDERS[key].rpartition(".")
+        _instances[key] = getattr(import_module(module_name), class_name)()
+    return _instances[key]

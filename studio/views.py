@@ -1,0 +1,362 @@
+"""Pages and their HTMX fragments.
+
+One view per page; fragments are partials of the page template. Expected
+failures (a refused photo, a job that cannot start) come back as ordinary
+200 responses showing the message; 404 is for what the requester doesn't own.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.forms import UserCreationForm
+from django.http import FileResponse, Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
+
+from studio import selectors, services
+from studio.imaging import ImageRejected
+from studio.models import Job
+from studio.operations import OPERATIONS, get_operation
+from studio.ownership import owner_for
+from studio.vendors.base import get_provider
+
+UPLOAD_FIELD = "photo"
+
+
+def _operation_choices():
+    """The catalogue for the picker, each with whether it can run and why not."""
+    choices = []
+    for op in OPERATIONS.values():
+        provider = get_provider(op.provider)
+        choices.append(
+            {
+                "op": op,
+                "provider": provider,
+                "unavailable": provider.unavailable_reason(),
+            }
+        )
+    return choices
+
+
+def _studio_context(request, *, photo=None, selected_op=None, values=None, errors=None, form_error=""):
+    owner = owner_for(request)
+    op = selected_op or next(iter(OPERATIONS.values()))
+    return {
+        "photo": photo,
+        "recent_photos": selectors.photos_recent(owner),
+        "operations": _operation_choices(),
+        "selected_op": op,
+        "values": values or op.defaults(),
+        "errors": errors or {},
+        "form_error": form_error,
+        "max_upload_mb": settings.STUDIO_MAX_UPLOAD_MB,
+        "recent_jobs": list(selectors.gallery_page(owner, per_page=6).object_list),
+    }
+
+
+@require_GET
+def home(request):
+    owner = owner_for(request)
+    photo = None
+    if request.GET.get("photo"):
+        photo = selectors.photo_get_for_owner(owner, request.GET["photo"])
+    op = OPERATIONS.get(request.GET.get("operation", ""))
+    context = _studio_context(request, photo=photo, selected_op=op)
+    if request.htmx and request.GET.get("fragment") == "operation":
+        return render(request, "studio/home.html#operation_form", context)
+    return render(request, "studio/home.html", context)
+
+
+@require_POST
+def photo_upload(request):
+    owner = owner_for(request, create=True)
+    upload = request.FILES.get(UPLOAD_FIELD)
+    error = ""
+    photo = None
+    if upload is None:
+        error = "Choose a photo first."
+    elif upload.size > settings.STUDIO_MAX_UPLOAD_MB * 1024 * 1024:
+        error = f"This file is larger than {settings.STUDIO_MAX_UPLOAD_MB} MB. Please upload a smaller photo."
+    else:
+        try:
+            photo = services.photo_create(owner=owner, data=upload.read(), filename=upload.name or "")
+        except ImageRejected as exc:
+            error = exc.message
+    if not request.htmx:
+        if error:
+            messages.error(request, error)
+            return redirect("studio:home")
+        return redirect(f"{reverse('studio:home')}?photo={photo.pk}")
+    context = _studio_context(request, photo=photo)
+    context["upload_error"] = error
+    return render(request, "studio/home.html#workspace", context)
+
+
+@require_POST
+def photo_delete(request, photo_id):
+    photo = selectors.photo_get_for_owner(owner_for(request), photo_id)
+    services.photo_delete(photo=photo)
+    if request.htmx:
+        return HttpResponseClientRedirect(reverse("studio:home"))
+    return redirect("studio:home")
+
+
+@require_GET
+def photo_image(request, photo_id):
+    photo = selectors.photo_get_for_owner(owner_for(request), photo_id)
+    field = photo.thumbnail if request.GET.get("size") == "thumb" else photo.image
+    return _image_response(field, "image/jpeg")
+
+
+@require_POST
+def job_create(request):
+    owner = owner_for(request, create=True)
+    photo = selectors.photo_get_for_owner(owner, request.POST.get("photo", ""))
+    op = OPERATIONS.get(request.POST.get("operation", ""))
+    if op is None:
+        raise Http404("No such operation.")
+    params, errors = op.clean_params(request.POST)
+    job = None
+    form_error = ""
+    if not errors:
+        try:
+            job = services.job_create(owner=owner, photo=photo, operation=op, params=params)
+        except services.ServiceError as exc:
+            form_error = exc.message
+    if not request.htmx:
+        if job:
+            return redirect("studio:job", job_id=job.pk)
+        messages.error(request, form_error or "Please correct the highlighted values.")
+        return redirect(f"{reverse('studio:home')}?photo={photo.pk}&operation={op.key}")
+    context = _studio_context(
+        request, photo=photo, selected_op=op, values={**op.defaults(), **request.POST.dict()},
+        errors=errors, form_error=form_error,
+    )
+    context["new_job"] = job
+    return render(request, "studio/home.html#submit_response", context)
+
+
+@require_GET
+def job_detail(request, job_id):
+    job = selectors.job_get_for_owner(owner_for(request), job_id)
+    return render(request, "studio/job.html", {"job": job, "results": list(job.results.all())})
+
+
+@require_GET
+def job_status(request, job_id):
+    """The job card, polled about once a second until the job is finished."""
+    job = selectors.job_get_for_owner(owner_for(request), job_id)
+    context = {"job": job, "results": list(job.results.all()) if job.is_terminal else []}
+    response = render(request, "studio/partials/job_card.html", context)
+    if job.is_terminal:
+        stop = HttpResponseStopPolling(response.content)
+        return stop
+    return response
+
+
+@require_POST
+def job_delete(request, job_id):
+    job = selectors.job_get_for_owner(owner_for(request), job_id)
+    services.job_delete(job=job)
+    if request.htmx:
+        return HttpResponse("")  # the card removes itself
+    messages.success(request, "Deleted.")
+    return redirect("studio:gallery")
+
+
+@require_POST
+def job_rerun(request, job_id):
+    owner = owner_for(request)
+    job = selectors.job_get_for_owner(owner, job_id)
+    op = job.operation_spec
+    if op is None:
+        raise Http404("This operation is no longer offered.")
+    params, errors = op.clean_params(request.POST)
+    if errors:
+        messages.error(request, " ".join(errors.values()))
+        return redirect(request.POST.get("next") or reverse("studio:job", args=[job.pk]))
+    try:
+        new_job = services.job_rerun(owner=owner, job=job, params=params)
+    except services.ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("studio:job", job_id=job.pk)
+    return redirect("studio:job", job_id=new_job.pk)
+
+
+@require_GET
+def gallery(request):
+    owner = owner_for(request)
+    operation = request.GET.get("operation", "")
+    status = request.GET.get("status", "")
+    if operation not in OPERATIONS:
+        operation = ""
+    if status not in Job.Status.values:
+        status = ""
+    page = selectors.gallery_page(
+        owner, operation=operation, status=status, page=request.GET.get("page", 1),
+        per_page=settings.STUDIO_GALLERY_PAGE_SIZE,
+    )
+    context = {
+        "page": page,
+        "operation": operation,
+        "status": status,
+        "operations": list(OPERATIONS.values()),
+        "statuses": Job.Status.choices,
+        "filter_query": "&".join(f"{k}={v}" for k, v in (("operation", operation), ("status", status)) if v),
+    }
+    if request.htmx and request.htmx.target == "gallery-grid":
+        return render(request, "studio/gallery.html#gallery_grid", context)
+    return render(request, "studio/gallery.html", context)
+
+
+@require_GET
+def result_detail(request, result_id):
+    result = selectors.result_get_for_owner(owner_for(request), result_id)
+    job = result.job
+    siblings = list(job.results.all())
+    share = next((link for link in result.share_links.all() if link.is_active), None)
+    op = job.operation_spec
+    return render(
+        request,
+        "studio/result.html",
+        {
+            # The slider only makes sense when before and after have one shape.
+            "can_compare": job.photo is not None
+            and abs(result.width / result.height - job.photo.width / job.photo.height) < 0.01,
+            "result": result,
+            "job": job,
+            "siblings": siblings,
+            "share": share,
+            "share_url": request.build_absolute_uri(reverse("studio:share", args=[share.token])) if share else "",
+            "op": op,
+            "values": {**(op.defaults() if op else {}), **job.params},
+            "errors": {},
+        },
+    )
+
+
+@require_GET
+def result_image(request, result_id):
+    result = selectors.result_get_for_owner(owner_for(request), result_id)
+    if request.GET.get("size") == "thumb":
+        return _image_response(result.thumbnail, "image/jpeg")
+    return _image_response(result.image, result.content_type)
+
+
+@require_GET
+def result_download(request, result_id):
+    result = selectors.result_get_for_owner(owner_for(request), result_id)
+    return _image_response(result.image, result.content_type, download_name=result.download_name())
+
+
+@require_POST
+def result_delete(request, result_id):
+    result = selectors.result_get_for_owner(owner_for(request), result_id)
+    services.result_delete(result=result)
+    messages.success(request, "The result was deleted.")
+    if request.htmx:
+        return HttpResponseClientRedirect(reverse("studio:gallery"))
+    return redirect("studio:gallery")
+
+
+@require_POST
+def result_chain(request, result_id):
+    """Use a result as the input photo of another operation."""
+    owner = owner_for(request, create=True)
+    result = selectors.result_get_for_owner(owner, result_id)
+    try:
+        photo = services.photo_from_result(owner=owner, result=result)
+    except ImageRejected as exc:
+        messages.error(request, exc.message)
+        return redirect("studio:result", result_id=result.pk)
+    return redirect(f"{reverse('studio:home')}?photo={photo.pk}")
+
+
+@require_POST
+def result_share(request, result_id):
+    result = selectors.result_get_for_owner(owner_for(request), result_id)
+    if request.POST.get("enabled") == "1":
+        share = services.share_enable(result=result, show_before=request.POST.get("show_before") == "1")
+    else:
+        services.share_disable(result=result)
+        share = None
+    if not request.htmx:
+        return redirect("studio:result", result_id=result.pk)
+    context = {
+        "result": result,
+        "share": share,
+        "share_url": request.build_absolute_uri(reverse("studio:share", args=[share.token])) if share else "",
+    }
+    return render(request, "studio/result.html#share_panel", context)
+
+
+# --- Public share pages ------------------------------------------------------
+
+
+@require_GET
+def share_page(request, token):
+    link = selectors.share_get_active(token)
+    result = link.result
+    response = render(
+        request,
+        "studio/share.html",
+        {
+            "link": link,
+            "result": result,
+            "job": result.job,
+            "show_before": link.show_before and result.job.photo is not None,
+            "page_url": request.build_absolute_uri(),
+            "image_url": request.build_absolute_uri(reverse("studio:share_image", args=[token])),
+        },
+    )
+    response["X-Robots-Tag"] = "noindex, nofollow"
+    return response
+
+
+@require_GET
+def share_image(request, token):
+    link = selectors.share_get_active(token)
+    response = _image_response(link.result.image, link.result.content_type)
+    response["X-Robots-Tag"] = "noindex"
+    return response
+
+
+@require_GET
+def share_before_image(request, token):
+    link = selectors.share_get_active(token)
+    photo = link.result.job.photo
+    if not link.show_before or photo is None:
+        raise Http404("The original photo is not shared.")
+    return _image_response(photo.image, "image/jpeg")
+
+
+def _image_response(field, content_type, *, download_name=None):
+    try:
+        fh = field.open("rb")
+    except (FileNotFoundError, ValueError):
+        raise Http404("This image is no longer stored.") from None
+    response = FileResponse(
+        fh, content_type=content_type, as_attachment=bool(download_name), filename=download_name or ""
+    )
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+# --- Accounts -----------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+def signup(request):
+    if request.user.is_authenticated:
+        return redirect("studio:home")
+    form = UserCreationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user)  # moves the visitor's work to the account (signals.py)
+        messages.success(request, "Welcome! Your photos and results are now saved to your account.")
+        return redirect("studio:gallery")
+    return render(request, "registration/signup.html", {"form": form})

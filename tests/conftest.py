@@ -1,0 +1,61 @@
+"""Shared fixtures: real photographs, clients for different owners, sync jobs."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+
+from tests import images
+
+
+@pytest.fixture(autouse=True)
+def _isolated_media(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    # Tests read static files from the source tree; no collectstatic needed.
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
+@pytest.fixture(autouse=True)
+def _sync_jobs(monkeypatch):
+    """Run django-q2 tasks inline (tests needing a real cluster switch this off)."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", True)
+
+
+@pytest.fixture(scope="session")
+def portrait_jpeg() -> bytes:
+    """The astronaut portrait at 1024 px: one frontal face about 190 px wide."""
+    return images.to_bytes(images.astronaut(scale=2), "JPEG", quality=92)
+
+
+@pytest.fixture(scope="session")
+def two_faces_jpeg() -> bytes:
+    return images.to_bytes(images.two_faces(), "JPEG", quality=92)
+
+
+@pytest.fixture(scope="session")
+def no_face_jpeg() -> bytes:
+    return images.to_bytes(images.no_face(), "JPEG", quality=92)
+
+
+def upload(client: Client, data: bytes, name: str = "selfie.jpg", *, htmx: bool = True):
+    headers = {"HX-Request": "true"} if htmx else {}
+    return client.post(
+        "/photos/", {"photo": SimpleUploadedFile(name, data, "image/jpeg")}, headers=headers
+    )
+
+
+@pytest.fixture
+def owner_client() -> Client:
+    return Client()
+
+
+@pytest.fixture
+def other_client() -> Client:
+    """A second anonymous visitor: must never see the owner's work."""
+    return Client()
