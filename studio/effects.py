@@ -70,6 +70,7 @@ CROP_PRESETS: dict[str, CropPreset] = {
     "passport": CropPreset("Passport 35×45 mm", (7, 9), (827, 1063), 34 / 45, 4 / 45),
 }
 MAX_CROP_SIDE = 2048
+GRABCUT_SIDE = 400
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -296,7 +297,7 @@ def _smooth_skin(rgb: np.ndarray, faces: list[FaceBox], strength: float):
 
 def _sharpen_outside(rgb: np.ndarray, skin, strength: float) -> np.ndarray:
     """Light unsharp mask, kept off the smoothed skin so it does not undo the smoothing."""
-    amount = 0.45 * strength
+    amount = 0.35 * strength
     sigma = max(0.8, max(rgb.shape[:2]) / 1000)
     blurred = cv2.GaussianBlur(rgb, (0, 0), sigma)
     sharp = cv2.addWeighted(rgb, 1.0 + amount, blurred, -amount, 0)
@@ -365,7 +366,8 @@ def _ideal_crop(face: FaceBox, p: CropPreset) -> tuple[float, float, int, int]:
 def _fit_crop(rect, anchor, iw: int, ih: int, p: CropPreset) -> tuple[int, int, int, int]:
     """Shift the crop inside the image, else shrink it, else let it overhang (padded later).
 
-    Shifts are allowed only while the face stays within a few % of its intended spot;
+    Shifts are allowed only while the face stays within a few % of the horizontal
+    centre (head room may vary a little more);
     shrinking (about the face, so it keeps its place in the frame) only while the head
     stays within the preset's size rule.
     """
@@ -382,32 +384,47 @@ def _fit_crop(rect, anchor, iw: int, ih: int, p: CropPreset) -> tuple[int, int, 
             continue
         l, t = ax - (ax - left) * w / cw, ay - (ay - top) * h / ch
         nl, nt = min(max(l, 0), iw - w), min(max(t, 0), ih - h)
-        if abs(nl - l) <= 0.04 * w and abs(nt - t) <= 0.05 * h:
+        if abs(nl - l) <= 0.04 * w and abs(nt - t) <= 0.12 * h:
             return round(nl), round(nt), w, h
-    # Nothing fits well: keep the ideal framing, shift what is tolerable, pad the rest.
-    cw, ch = int(cw), int(ch)
-    nl = np.clip(min(max(left, 0), iw - cw), left - 0.04 * cw, left + 0.04 * cw)
-    nt = np.clip(min(max(top, 0), ih - ch), top - 0.05 * ch, top + 0.05 * ch)
-    return round(nl), round(nt), cw, ch
+    # Nothing fits well: keep the ideal framing and extend the canvas where it overhangs.
+    return round(left), round(top), int(cw), int(ch)
 
 
 def _extract_padded(rgb: np.ndarray, left: int, top: int, cw: int, ch: int) -> np.ndarray:
-    """Crop; any part outside the photo is filled by replicating the border, blurred smooth."""
+    """Crop; any part outside the photo is filled with a soft, defocused continuation."""
     ih, iw = rgb.shape[:2]
     pl, pt = max(0, -left), max(0, -top)
     pr, pb = max(0, left + cw - iw), max(0, top + ch - ih)
     inner = rgb[max(0, top):min(ih, top + ch), max(0, left):min(iw, left + cw)]
     if not (pl or pt or pr or pb):
         return inner.copy()
-    padded = cv2.copyMakeBorder(inner, pt, pb, pl, pr, cv2.BORDER_REPLICATE)
-    # Replicated rows/columns streak; a wide blur turns them into a soft backdrop,
-    # faded in over a short ramp so the seam with the real photo is invisible.
-    blurred = _wide_blur(padded, 0.04 * max(cw, ch))
-    outside = np.ones((ch, cw), np.float32)
-    outside[pt:ch - pb, pl:cw - pr] = 0.0
-    ramp = max(1.0, 0.01 * max(cw, ch))
-    outside = np.clip(cv2.GaussianBlur(outside, (0, 0), ramp) * 2.0, 0, 1)
-    return cv2.blendLinear(padded, blurred, 1.0 - outside, outside)
+    padded = cv2.copyMakeBorder(inner, pt, pb, pl, pr, cv2.BORDER_CONSTANT, value=0)
+    valid = np.zeros((ch, cw), np.float32)
+    valid[pt:ch - pb, pl:cw - pr] = 1.0
+    fill = _push_pull_fill(padded, valid)
+    # Fade the photo into the fill over a short ramp just inside its edge: no hard seam.
+    ramp = max(1.0, 0.008 * max(cw, ch))
+    inside = cv2.erode(valid, np.ones((3, 3), np.uint8), iterations=round(ramp))
+    weight = np.minimum(valid, cv2.GaussianBlur(inside, (0, 0), ramp / 2))
+    return cv2.blendLinear(padded, fill, weight, 1.0 - weight)
+
+
+def _push_pull_fill(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Fill invalid pixels by normalised convolution, coarse to fine.
+
+    Coarse scales give a smooth colour field far from the photo, finer scales
+    continue the nearby colours close to it — like an out-of-focus extension,
+    without the streaks of border replication.
+    """
+    side = max(img.shape[:2])
+    src = img.astype(np.float32) * valid[..., None]
+    fill = None
+    for frac in (0.25, 0.12, 0.06, 0.03):
+        den = _wide_blur(valid, frac * side)
+        est = _wide_blur(src, frac * side) / np.maximum(den, 1e-4)[..., None]
+        conf = np.clip(den / 0.3, 0, 1)[..., None]
+        fill = est if fill is None else conf * est + (1 - conf) * fill
+    return np.clip(fill + 0.5, 0, 255).astype(np.uint8)
 
 
 def _capped_size(cw: int, ch: int, ratio: tuple[int, int]) -> tuple[int, int]:
@@ -447,19 +464,22 @@ def person_mask(rgb: np.ndarray, face: FaceBox, progress: Progress = None) -> np
     """Soft foreground mask (float32 0..1, full resolution) of the person owning `face`."""
     report = _reporter(progress)
     h, w = rgb.shape[:2]
-    small, s = _reduced(rgb, 512)
+    # GrabCut's max-flow cost grows faster than the pixel count: ~400 px keeps it < 1 s.
+    small, s = _reduced(rgb, GRABCUT_SIDE)
     box = tuple(v * s for v in (face.x, face.y, face.w, face.h))
     seed = _grabcut_seed(small.shape[:2], box)
 
     report("Separating person from background", 0.3)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut seeds its GMMs with k-means: make results repeatable
     try:
         cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), seed, None, bgd, fgd, 4,
                     cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # degenerate model (e.g. flat image): keep the seed's guess
         pass
+    sure_bg = seed == cv2.GC_BGD  # grabCut only relabels probable pixels: still the seed's
     fg = np.isin(seed, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
-    fg = _clean_foreground(fg, box)
+    fg = _clean_foreground(fg, box, sure_bg)
 
     report("Refining edges", 0.6)
     soft = _refine_mask(rgb, fg)
@@ -496,26 +516,37 @@ def _grabcut_seed(shape: tuple[int, int], box) -> np.ndarray:
     head_c = (round(cx), round(cy - 0.12 * fh))
     cv2.ellipse(seed, head_c, (round(0.85 * fw), round(0.95 * fh)), 0, 0, 360,
                 int(cv2.GC_PR_FGD), -1)
-    # Definite foreground: the face core and the chest just below the chin.
+    # Definite foreground: the face core, and neck-to-chest below the chin (clothes
+    # there are the person even when their colour matches the backdrop).
     cv2.ellipse(seed, (round(cx), round(cy)), (round(0.3 * fw), round(0.4 * fh)), 0, 0, 360,
                 int(cv2.GC_FGD), -1)
-    cv2.rectangle(seed, (round(cx - 0.35 * fw), round(chin + 0.5 * fh)),
-                  (round(cx + 0.35 * fw), round(chin + 1.3 * fh)), int(cv2.GC_FGD), -1)
+    chest = np.array([
+        (cx - 0.2 * fw, chin), (cx + 0.2 * fw, chin), (cx + 0.9 * fw, chin + 0.8 * fh),
+        (cx + 0.9 * fw, chin + 1.8 * fh), (cx - 0.9 * fw, chin + 1.8 * fh),
+        (cx - 0.9 * fw, chin + 0.8 * fh),
+    ], np.int32)
+    cv2.fillPoly(seed, [chest], int(cv2.GC_FGD))
     return seed
 
 
-def _clean_foreground(fg: np.ndarray, box) -> np.ndarray:
-    """Keep the blob containing the face; fill small background holes inside it."""
+def _clean_foreground(fg: np.ndarray, box, sure_bg: np.ndarray) -> np.ndarray:
+    """Keep the blob holding the face; fill background pockets enclosed by the body.
+
+    A pocket that never reaches the sure-background border is usually a light
+    strap, badge or highlight GrabCut mistook for backdrop: blurring it would
+    smudge the person. Large pockets (a real gap under an arm) stay background.
+    """
     x, y, fw, fh = box
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    n, labels, _, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
     face_label = labels[min(fg.shape[0] - 1, round(y + fh / 2)),
                         min(fg.shape[1] - 1, round(x + fw / 2))]
     if n > 1 and face_label > 0:
         fg = (labels == face_label).astype(np.uint8)
-    inv = 1 - fg
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(inv, connectivity=4)
-    small_holes = np.nonzero(stats[:, cv2.CC_STAT_AREA] < 0.002 * fg.size)[0]
-    fg[np.isin(labels, small_holes[small_holes > 0])] = 1
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(1 - fg, connectivity=4)
+    outside = np.unique(labels[sure_bg & (fg == 0)])
+    pockets = [i for i in range(1, n)
+               if i not in outside and stats[i, cv2.CC_STAT_AREA] < 0.025 * fg.size]
+    fg[np.isin(labels, pockets)] = 1
     return fg
 
 

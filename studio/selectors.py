@@ -7,6 +7,7 @@ job or result is indistinguishable from one that does not exist.
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Prefetch
 from django.http import Http404
@@ -44,8 +45,8 @@ def share_get_active(token: str) -> ShareLink:
 def _get_or_404(queryset, pk):
     try:
         return queryset.get(pk=pk)
-    except (queryset.model.DoesNotExist, ValueError, TypeError):
-        # ValueError/TypeError: a malformed id is just another unknown id.
+    except (queryset.model.DoesNotExist, ValidationError, ValueError, TypeError):
+        # A malformed id is just another unknown id.
         raise Http404("Not found.") from None
 
 

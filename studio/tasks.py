@@ -23,8 +23,10 @@ def run_job_finished(task) -> None:
     if task.success:
         return
     job_id = task.args[0] if task.args else None
-    if job_id and services.job_mark_failed(job_id, services.TIMED_OUT if "timeout" in str(task.result).lower() else services.GENERIC_FAILURE):
-        log.warning("job %s failed in its worker: %s", job_id, task.result)
+    timed_out = "timeout" in str(task.result).lower()
+    message = services.TIMED_OUT if timed_out else services.GENERIC_FAILURE
+    if job_id and services.job_mark_failed(job_id, message):
+        log.warning("job %s failed in its worker: %s", job_id, str(task.result)[:500])
 
 
 def sweep_stale_jobs() -> int:

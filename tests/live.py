@@ -1,0 +1,176 @@
+"""A live app with a REAL django-q2 worker: fixtures for end-to-end tests.
+
+`qcluster` starts `manage.py qcluster` as a child process on the test
+database (a file, see settings.DATABASES["default"]["TEST"]) and a media
+directory shared with the test process, so a job created by the test client
+or the live server is picked up and run exactly as in production.
+
+Use with `@pytest.mark.django_db(transaction=True)` or `live_server` (rows
+must be committed for another process to see them). Import the fixtures into
+a test module:
+
+    from tests.live import cluster, qcluster  # noqa: F401  (fixtures)
+
+`cluster` gives a stopped cluster to start later (to see jobs wait in the
+queue); `qcluster` gives one already running. Both stop it after the test and
+show its log when the test failed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+PYTHON = BASE_DIR / ".venv" / "bin" / "python"
+READY_LINE = "running."  # django-q2: "Q Cluster <name> running."
+
+
+class Cluster:
+    """One `manage.py qcluster` process (and its worker children)."""
+
+    def __init__(self, *, db_name: str, data_dir: Path, secret_key: str, workers: int = 2):
+        self.db_name = db_name
+        # django-q2 signs queued tasks with SECRET_KEY: the worker needs the web side's.
+        self.secret_file = data_dir / "secret_key.shared"
+        self.secret_file.write_text(secret_key)
+        self.secret_file.chmod(0o600)
+        self.data_dir = data_dir
+        self.workers = workers
+        self.log_path = data_dir / "qcluster.log"
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "SECRET_KEY"}
+        env.update(
+            SECRET_KEY_FILE=str(self.secret_file),
+            DATABASE_URL=f"sqlite:///{self.db_name}",
+            STUDIO_DATA_DIR=str(self.data_dir),
+            Q_WORKERS=str(self.workers),
+            Q_SYNC="0",
+            DJANGO_SETTINGS_MODULE="portraitstudio.settings",
+            LOG_LEVEL="INFO",
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def start(self, *, wait: bool = True, timeout: float = 30.0) -> Cluster:
+        assert self.proc is None, "cluster already started"
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(PYTHON), "manage.py", "qcluster"],
+            cwd=BASE_DIR,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: workers are stopped with it
+        )
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"qcluster exited with code {self.proc.returncode}\n{self.log()}")
+            if READY_LINE in self.log():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"qcluster not running after {timeout:.0f} s\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # graceful: the sentinel stops its workers
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc is not None:
+            # Whatever is left of this cluster's own process group (only ours).
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def wait_for_jobs(self, job_ids, *, timeout: float = 60.0, statuses=("succeeded", "failed")):
+        """Wait until every job is in one of `statuses`; return the Job rows."""
+        from studio.models import Job
+
+        ids = [str(job_id) for job_id in job_ids]
+        deadline = time.monotonic() + timeout
+        while True:
+            jobs = {str(job.pk): job for job in Job.objects.filter(pk__in=ids)}
+            if len(jobs) == len(ids) and all(job.status in statuses for job in jobs.values()):
+                return [jobs[job_id] for job_id in ids]
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"qcluster died (code {self.proc.returncode})\n{self.log()}")
+            if time.monotonic() > deadline:
+                state = {job_id: (job.status, job.stage) for job_id, job in jobs.items()}
+                raise AssertionError(f"jobs not finished after {timeout:.0f} s: {state}\n{self.log()}")
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def cluster(request, transactional_db, settings, monkeypatch, tmp_path_factory, _isolated_media, _sync_jobs):
+    """A real django-q2 cluster on the test database, not started yet (call .start())."""
+    from django.db import connection
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", False)  # conftest runs tasks inline; not here
+    data_dir = tmp_path_factory.mktemp("studio-data")
+    (data_dir / "media").mkdir()
+    # After conftest's _isolated_media, so the web side and worker share files.
+    settings.MEDIA_ROOT = data_dir / "media"
+    db_name = connection.settings_dict["NAME"]
+    assert db_name and db_name != ":memory:" and "mode=memory" not in str(db_name), (
+        "a real cluster needs the file-based SQLite test database"
+    )
+    c = Cluster(db_name=str(db_name), data_dir=data_dir, secret_key=settings.SECRET_KEY)
+    failed_before = request.session.testsfailed
+    try:
+        yield c
+    finally:
+        c.stop()
+        if request.session.testsfailed > failed_before:
+            _show(request, f"qcluster log ({c.log_path})", c.log())
+
+
+@pytest.fixture
+def qcluster(cluster):
+    """A running real django-q2 cluster (2 workers) sharing DB and media with the test."""
+    return cluster.start()
+
+
+def _show(request, title: str, text: str) -> None:
+    """Print text past pytest's capture (teardown output is otherwise hidden)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        print(f"--- {title} ---\n{text}", file=sys.stderr)
+        return
+    reporter.ensure_newline()
+    reporter.write_sep("-", title)
+    reporter.write_line(text.rstrip()[-20000:] or "(empty)")

@@ -1,0 +1,66 @@
+"""The README's run command: one process tree serving the app with a worker."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.qcluster
+def test_runstudio_serves_pages_and_starts_a_worker(tmp_path):
+    port = _free_port()
+    env = {
+        **os.environ,
+        "STUDIO_DATA_DIR": str(tmp_path / "data"),
+        "STATIC_ROOT": str(tmp_path / "static"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'db.sqlite3'}",
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    for command in (["migrate", "--noinput", "-v0"], ["collectstatic", "--noinput", "-v0"]):
+        subprocess.run([sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True, timeout=120)
+    log = open(tmp_path / "run.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "runstudio", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 60
+        home = None
+        while time.time() < deadline:
+            try:
+                home = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert home is not None and home.status_code == 200
+        assert "Turn a selfie into a studio portrait" in home.text
+        css = httpx.get(f"http://127.0.0.1:{port}/static/studio/app.css", timeout=5)
+        assert css.status_code == 200 and "--accent" in css.text
+        # The worker is up when the log shows the cluster running.
+        while time.time() < deadline and "running" not in (tmp_path / "run.log").read_text().lower():
+            time.sleep(0.3)
+        output = (tmp_path / "run.log").read_text()
+        assert f"http://127.0.0.1:{port}/" in output
+        assert "Q Cluster" in output and "running" in output.lower()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    assert proc.returncode == 0, (tmp_path / "run.log").read_text()
