@@ -1,8 +1,42 @@
 from django.contrib import admin
-from django.urls import reverse
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
 from django.utils.html import format_html
 
 from studio.models import Job, Photo, Result, ShareLink
+
+# Photos are private: the public views serve them to their owner only, so the
+# admin gets its own staff-only thumbnail view (wrapped in admin_view below).
+_THUMB_MODELS = {"photo": Photo, "result": Result}
+
+
+def admin_thumbnail(request, kind, pk):
+    model = _THUMB_MODELS.get(kind)
+    if model is None:
+        raise Http404
+    obj = get_object_or_404(model, pk=pk)
+    try:
+        return FileResponse(obj.thumbnail.open("rb"), content_type="image/jpeg")
+    except (FileNotFoundError, ValueError):
+        raise Http404 from None
+
+
+_original_get_urls = admin.site.get_urls
+
+
+def _get_urls():
+    return [
+        path("studio-thumbnail/<str:kind>/<uuid:pk>", admin.site.admin_view(admin_thumbnail), name="studio_thumbnail"),
+        *_original_get_urls(),
+    ]
+
+
+admin.site.get_urls = _get_urls
+
+
+def _thumb_url(kind: str, pk) -> str:
+    return reverse("admin:studio_thumbnail", args=[kind, pk])
 
 
 def _thumb(url: str | None, size: int = 64):
@@ -36,7 +70,7 @@ class ResultInline(admin.TabularInline):
 
     @admin.display(description="Preview")
     def preview(self, obj):
-        return _thumb(reverse("studio:result_image", args=[obj.pk]) + "?size=thumb")
+        return _thumb(_thumb_url("result", obj.pk))
 
 
 @admin.register(Photo)
@@ -50,11 +84,11 @@ class PhotoAdmin(admin.ModelAdmin):
 
     @admin.display(description="Preview")
     def preview(self, obj):
-        return _thumb(reverse("studio:photo_image", args=[obj.pk]) + "?size=thumb")
+        return _thumb(_thumb_url("photo", obj.pk))
 
     @admin.display(description="Photo")
     def preview_large(self, obj):
-        return _thumb(reverse("studio:photo_image", args=[obj.pk]) + "?size=thumb", 240)
+        return _thumb(_thumb_url("photo", obj.pk), 240)
 
     @admin.display(description="Faces")
     def face_count(self, obj):
@@ -80,7 +114,7 @@ class JobAdmin(admin.ModelAdmin):
     def preview(self, obj):
         if not obj.photo_id:
             return "—"
-        return _thumb(reverse("studio:photo_image", args=[obj.photo_id]) + "?size=thumb")
+        return _thumb(_thumb_url("photo", obj.photo_id))
 
     @admin.display(description="Duration")
     def duration(self, obj):
@@ -99,7 +133,7 @@ class ResultAdmin(admin.ModelAdmin):
 
     @admin.display(description="Preview")
     def preview(self, obj):
-        return _thumb(reverse("studio:result_image", args=[obj.pk]) + "?size=thumb")
+        return _thumb(_thumb_url("result", obj.pk))
 
 
 @admin.register(ShareLink)
@@ -112,7 +146,7 @@ class ShareLinkAdmin(admin.ModelAdmin):
 
     @admin.display(description="Preview")
     def preview(self, obj):
-        return _thumb(reverse("studio:result_image", args=[obj.result_id]) + "?size=thumb")
+        return _thumb(_thumb_url("result", obj.result_id))
 
     @admin.display(boolean=True, description="Active")
     def is_active(self, obj):

@@ -1,0 +1,51 @@
+"""Admin: every model is listed with thumbnails, filters and search; previews are staff-only."""
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from studio import services
+from studio.models import Job
+from studio.operations import get_operation
+from studio.ownership import Owner
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def finished_job(portrait_jpeg):
+    owner = Owner(visitor_id="someone")
+    photo = services.photo_create(owner=owner, data=portrait_jpeg, filename="me.jpg")
+    job = services.job_create(owner=owner, photo=photo, operation=get_operation("studio_retouch"), params={"strength": 0.5})
+    result = job.results.get()
+    services.share_enable(result=result)
+    return Job.objects.get(pk=job.pk)
+
+
+@pytest.fixture
+def staff_client():
+    client = Client()
+    client.force_login(User.objects.create_superuser("staff", "staff@example.com", "pw-staff-123456"))
+    return client
+
+
+def test_every_model_changelist_renders_with_thumbnails(staff_client, finished_job):
+    for model in ("photo", "job", "result", "sharelink"):
+        page = staff_client.get(f"/admin/studio/{model}/?q=a").content.decode()
+        assert "studio-thumbnail/" in page, model
+        assert staff_client.get(f"/admin/studio/{model}/").status_code == 200
+    change_url = f"/admin/studio/job/{finished_job.pk}/change/"
+    assert change_url in staff_client.get("/admin/studio/job/?status__exact=succeeded&owner_kind=visitor").content.decode()
+    assert change_url not in staff_client.get("/admin/studio/job/?status__exact=failed").content.decode()
+    assert change_url not in staff_client.get("/admin/studio/job/?owner_kind=user").content.decode()
+    detail = staff_client.get(f"/admin/studio/job/{finished_job.pk}/change/")
+    assert detail.status_code == 200
+
+
+def test_admin_thumbnails_are_for_staff_only(staff_client, finished_job):
+    url = f"/admin/studio-thumbnail/photo/{finished_job.photo_id}"
+    response = staff_client.get(url)
+    assert response.status_code == 200 and response["Content-Type"] == "image/jpeg"
+    assert Client().get(url).status_code == 302  # to the admin login
+    visitor = Client()
+    assert visitor.get(url).status_code == 302
