@@ -31,9 +31,12 @@ def staff_client():
 
 def test_every_model_changelist_renders_with_thumbnails(staff_client, finished_job):
     for model in ("photo", "job", "result", "sharelink"):
-        page = staff_client.get(f"/admin/studio/{model}/?q=a").content.decode()
+        page = staff_client.get(f"/admin/studio/{model}/").content.decode()
         assert "studio-thumbnail/" in page, model
-        assert staff_client.get(f"/admin/studio/{model}/").status_code == 200
+    found = staff_client.get(f"/admin/studio/photo/?q={finished_job.photo.original_name}").content.decode()
+    assert f"/admin/studio/photo/{finished_job.photo_id}/change/" in found
+    missing = staff_client.get("/admin/studio/photo/?q=no-such-name").content.decode()
+    assert f"/admin/studio/photo/{finished_job.photo_id}/change/" not in missing
     change_url = f"/admin/studio/job/{finished_job.pk}/change/"
     assert change_url in staff_client.get("/admin/studio/job/?status__exact=succeeded&owner_kind=visitor").content.decode()
     assert change_url not in staff_client.get("/admin/studio/job/?status__exact=failed").content.decode()
