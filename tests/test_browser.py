@@ -190,7 +190,7 @@ def submit_job(page: Page) -> str:
 def wait_succeeded(page: Page, job_id: str) -> None:
     card = page.locator(f"#job-{job_id}")
     expect(card).to_have_attribute("data-status", "succeeded", timeout=JOB_TIMEOUT_MS)
-    expect(card.get_by_test_id("job-status")).to_have_text("Succeeded")
+    expect(card.get_by_test_id("job-status")).to_have_text("Done")
     expect(card.locator(".result-thumbs img")).to_have_count(1)
 
 

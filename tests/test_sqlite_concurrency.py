@@ -1,0 +1,70 @@
+"""SQLite as configured (WAL + IMMEDIATE) takes several writer processes.
+
+Each process runs read-then-write transactions on one counter. With SQLite's
+default DEFERRED transactions some of them fail at once with "database is
+locked" (the read lock cannot be upgraded); with IMMEDIATE they wait their turn.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PROCESSES, TRANSACTIONS = 4, 75
+
+WORKER = f"""
+import django
+django.setup()
+from django.db import OperationalError, connection, transaction
+ok = failed = 0
+for _ in range({TRANSACTIONS}):
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT n FROM counter")
+                (n,) = cursor.fetchone()
+                cursor.execute("UPDATE counter SET n = %s", [n + 1])
+        ok += 1
+    except OperationalError:
+        failed += 1
+print(ok, failed)
+"""
+
+
+@pytest.mark.parametrize("mode", ["configured", "deferred"])
+def test_concurrent_read_then_write_transactions(tmp_path, mode):
+    db = tmp_path / "concurrency.sqlite3"
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE counter (n INTEGER)")
+        conn.execute("INSERT INTO counter VALUES (0)")
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{db}", "STUDIO_DATA_DIR": str(tmp_path),
+           "DJANGO_SETTINGS_MODULE": "portraitstudio.settings"}
+    script = WORKER
+    if mode == "deferred":
+        # The same workload on SQLite's default, to show the test can fail.
+        script = script.replace(
+            "django.setup()",
+            "from django.conf import settings\n"
+            "django.setup()\n"
+            "settings.DATABASES['default']['OPTIONS']['transaction_mode'] = 'DEFERRED'\n"
+            "settings.DATABASES['default']['OPTIONS']['timeout'] = 1",
+        )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(PROCESSES)
+    ]
+    counts = [tuple(map(int, p.communicate(timeout=120)[0].split())) for p in procs]
+    ok = sum(c[0] for c in counts)
+    failed = sum(c[1] for c in counts)
+    with sqlite3.connect(db) as conn:
+        (final,) = conn.execute("SELECT n FROM counter").fetchone()
+    assert final == ok  # no lost updates either way
+    if mode == "configured":
+        assert failed == 0 and final == PROCESSES * TRANSACTIONS
+    else:
+        assert failed > 0, "DEFERRED transactions were expected to hit 'database is locked'"
