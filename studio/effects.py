@@ -227,7 +227,9 @@ def _local_contrast(rgb: np.ndarray, weight: float) -> np.ndarray:
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
-def skin_mask(rgb: np.ndarray, faces: list[FaceBox], max_side: int = 640) -> tuple[np.ndarray, float]:
+def skin_mask(
+    rgb: np.ndarray, faces: list[FaceBox], max_side: int = 640
+) -> tuple[np.ndarray, float]:
     """Feathered skin mask (float32 0..1) on a reduced copy, and that copy's scale.
 
     Expanded face ellipses intersected with a skin colour range in YCrCb that is
@@ -247,7 +249,8 @@ def skin_mask(rgb: np.ndarray, faces: list[FaceBox], max_side: int = 640) -> tup
         # From the brow line (hair fringe excluded) down over the chin.
         centre = (round(x + fw / 2), round(y + fh * 0.6))
         cv2.ellipse(ellipse, centre, (round(fw * 0.6), round(fh * 0.72)), 0, 0, 360, 255, -1)
-        cheeks = ycc[int(y + fh * 0.45):int(y + fh * 0.8), int(x + fw * 0.2):int(x + fw * 0.8)]
+        cy0, cx0 = max(0, int(y + fh * 0.45)), max(0, int(x + fw * 0.2))
+        cheeks = ycc[cy0:max(cy0, int(y + fh * 0.8)), cx0:max(cx0, int(x + fw * 0.8))]
         skin = _skin_colour(ycc, cheeks.reshape(-1, 3))
         face_mask = cv2.bitwise_and(skin, ellipse)
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
@@ -318,25 +321,32 @@ def headshot_crop(
 ) -> Image.Image:
     """Face-centred crop with head-room rules, resized to the preset's output size."""
     report = _reporter(progress)
-    if preset not in CROP_PRESETS:
-        raise ValueError(f"Unknown crop preset {preset!r}; choose one of {sorted(CROP_PRESETS)}")
-    p = CROP_PRESETS[preset]
     report("Finding the face", 0.1)
-    face = _single_face(faces)
-    rgb = _to_rgb(image)
+    left, top, cw, ch = crop_box(image.size, faces, preset)
 
     report("Framing the headshot", 0.4)
-    rect = _ideal_crop(face, p)
-    left, top, cw, ch = _fit_crop(rect, face.center, rgb.shape[1], rgb.shape[0], p)
-    crop = _extract_padded(rgb, left, top, cw, ch)
+    crop = _extract_padded(_to_rgb(image), left, top, cw, ch)
 
     report("Resizing", 0.8)
     out = Image.fromarray(crop)
+    p = CROP_PRESETS[preset]
     size = p.size or _capped_size(cw, ch, p.ratio)
     if out.size != size:
         out = out.resize(size, Image.Resampling.LANCZOS)
     report("Done", 1.0)
     return out
+
+
+def crop_box(size: tuple[int, int], faces: list[FaceBox], preset: str) -> tuple[int, int, int, int]:
+    """(left, top, w, h) of the headshot crop in image pixels; may overhang the image.
+
+    Raises EffectError for no face / several people, ValueError for an unknown preset.
+    """
+    if preset not in CROP_PRESETS:
+        raise ValueError(f"Unknown crop preset {preset!r}; choose one of {sorted(CROP_PRESETS)}")
+    p = CROP_PRESETS[preset]
+    face = _single_face(faces)
+    return _fit_crop(_ideal_crop(face, p), face.center, size[0], size[1], p)
 
 
 def _single_face(faces: list[FaceBox]) -> FaceBox:
@@ -367,9 +377,8 @@ def _fit_crop(rect, anchor, iw: int, ih: int, p: CropPreset) -> tuple[int, int, 
     """Shift the crop inside the image, else shrink it, else let it overhang (padded later).
 
     Shifts are allowed only while the face stays within a few % of the horizontal
-    centre (head room may vary a little more);
-    shrinking (about the face, so it keeps its place in the frame) only while the head
-    stays within the preset's size rule.
+    centre (head room may vary a little more); shrinking, about the face so it keeps
+    its place in the frame, only while the head stays within the preset's size rule.
     """
     left, top, cw, ch = rect
     ax, ay = anchor
@@ -470,15 +479,8 @@ def person_mask(rgb: np.ndarray, face: FaceBox, progress: Progress = None) -> np
     seed = _grabcut_seed(small.shape[:2], box)
 
     report("Separating person from background", 0.3)
-    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.setRNGSeed(0)  # GrabCut seeds its GMMs with k-means: make results repeatable
-    try:
-        cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), seed, None, bgd, fgd, 4,
-                    cv2.GC_INIT_WITH_MASK)
-    except cv2.error:  # degenerate model (e.g. flat image): keep the seed's guess
-        pass
-    sure_bg = seed == cv2.GC_BGD  # grabCut only relabels probable pixels: still the seed's
-    fg = np.isin(seed, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+    sure_bg = seed == cv2.GC_BGD  # GrabCut only relabels the probable pixels
+    fg = _grabcut(small, seed)
     fg = _clean_foreground(fg, box, sure_bg)
 
     report("Refining edges", 0.6)
@@ -529,6 +531,25 @@ def _grabcut_seed(shape: tuple[int, int], box) -> np.ndarray:
     return seed
 
 
+def _grabcut(small: np.ndarray, seed: np.ndarray, max_iter: int = 5) -> np.ndarray:
+    """Run GrabCut one iteration at a time until the mask settles (usually 3 rounds)."""
+    bgr = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut seeds its colour models with k-means: keep results repeatable
+    fg = np.isin(seed, (cv2.GC_FGD, cv2.GC_PR_FGD))
+    try:
+        cv2.grabCut(bgr, seed, None, bgd, fgd, 0, cv2.GC_INIT_WITH_MASK)
+        for i in range(max_iter):
+            cv2.grabCut(bgr, seed, None, bgd, fgd, 1, cv2.GC_EVAL)
+            new = np.isin(seed, (cv2.GC_FGD, cv2.GC_PR_FGD))
+            changed, fg = np.mean(new != fg), new
+            if i >= 2 and changed < 0.005:
+                break
+    except cv2.error:  # degenerate colour model (e.g. a flat image): keep the last guess
+        pass
+    return fg.astype(np.uint8)
+
+
 def _clean_foreground(fg: np.ndarray, box, sure_bg: np.ndarray) -> np.ndarray:
     """Keep the blob holding the face; fill background pockets enclosed by the body.
 
@@ -538,8 +559,8 @@ def _clean_foreground(fg: np.ndarray, box, sure_bg: np.ndarray) -> np.ndarray:
     """
     x, y, fw, fh = box
     n, labels, _, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
-    face_label = labels[min(fg.shape[0] - 1, round(y + fh / 2)),
-                        min(fg.shape[1] - 1, round(x + fw / 2))]
+    face_label = labels[int(np.clip(round(y + fh / 2), 0, fg.shape[0] - 1)),
+                        int(np.clip(round(x + fw / 2), 0, fg.shape[1] - 1))]
     if n > 1 and face_label > 0:
         fg = (labels == face_label).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(1 - fg, connectivity=4)
@@ -553,7 +574,7 @@ def _clean_foreground(fg: np.ndarray, box, sure_bg: np.ndarray) -> np.ndarray:
 def _refine_mask(rgb: np.ndarray, fg_small: np.ndarray) -> np.ndarray:
     """Upscale the hard mask and snap its edges to the photo with a guided filter."""
     h, w = rgb.shape[:2]
-    work, s = _reduced(rgb, 1024)
+    work, _ = _reduced(rgb, 1024)
     wh, ww = work.shape[:2]
     p = cv2.resize(fg_small.astype(np.float32), (ww, wh), interpolation=cv2.INTER_LINEAR)
     guide = cv2.cvtColor(work, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
