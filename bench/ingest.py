@@ -69,7 +69,8 @@ def main():
     naive = measure(naive_ingest, data, args.runs)
     result = imaging.ingest(data)
     print(f"input: 12 MP JPEG, {len(data) / 1e6:.1f} MB, EXIF orientation 6; runs: {args.runs}")
-    print(f"ours : median {statistics.median(ours):7.0f} ms  -> {result.width}x{result.height}, {len(result.faces)} face(s)")
+    found = f"{result.width}x{result.height}, {len(result.faces)} face(s)"
+    print(f"ours : median {statistics.median(ours):7.0f} ms  -> {found}")
     print(f"naive: median {statistics.median(naive):7.0f} ms")
     print(f"ratio ours/naive: {statistics.median(ours) / statistics.median(naive):.2f}x")
 

@@ -82,7 +82,7 @@ DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'studio.sqlite3'}
 try:
     _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0, minimum=0))
 except ValueError as exc:
-    raise ImproperlyConfigured(f"DATABASE_URL is not a database URL Django understands: {exc}")
+    raise ImproperlyConfigured(f"DATABASE_URL is not a database URL Django understands: {exc}") from exc
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     # Several web and worker processes share one file. WAL lets readers run
     # beside the writer; IMMEDIATE takes the write lock at BEGIN, so a

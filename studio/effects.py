@@ -13,7 +13,7 @@ filter) so a 4096 px photo takes a few seconds on one core.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -391,9 +391,9 @@ def _fit_crop(rect, anchor, iw: int, ih: int, p: CropPreset) -> tuple[int, int, 
         w, h = num * k, den * k
         if w > iw or h > ih:
             continue
-        l, t = ax - (ax - left) * w / cw, ay - (ay - top) * h / ch
-        nl, nt = min(max(l, 0), iw - w), min(max(t, 0), ih - h)
-        if abs(nl - l) <= 0.04 * w and abs(nt - t) <= 0.12 * h:
+        x0, y0 = ax - (ax - left) * w / cw, ay - (ay - top) * h / ch
+        nl, nt = min(max(x0, 0), iw - w), min(max(y0, 0), ih - h)
+        if abs(nl - x0) <= 0.04 * w and abs(nt - y0) <= 0.12 * h:
             return round(nl), round(nt), w, h
     # Nothing fits well: keep the ideal framing and extend the canvas where it overhangs.
     return round(left), round(top), int(cw), int(ch)

@@ -73,7 +73,7 @@ class FaceBox:
         return [self.x, self.y, self.w, self.h]
 
     @classmethod
-    def from_list(cls, values) -> "FaceBox":
+    def from_list(cls, values) -> FaceBox:
         x, y, w, h = (int(v) for v in values)
         return cls(x, y, w, h)
 

@@ -9,6 +9,7 @@ provider method, never an edit to views or templates.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,7 @@ class Param:
                 value = float(raw) if self.kind == "float" else int(str(raw).strip())
             except (TypeError, ValueError):
                 raise ParamError(f"{self.label} must be a number.") from None
-            if value != value:  # NaN
+            if math.isnan(value):
                 raise ParamError(f"{self.label} must be a number.")
             if (self.minimum is not None and value < self.minimum) or (
                 self.maximum is not None and value > self.maximum

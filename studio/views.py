@@ -20,7 +20,7 @@ from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 from studio import selectors, services
 from studio.imaging import ImageRejected
 from studio.models import Job
-from studio.operations import OPERATIONS, get_operation
+from studio.operations import OPERATIONS
 from studio.ownership import owner_for
 from studio.vendors.base import get_provider
 

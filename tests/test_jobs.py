@@ -15,11 +15,19 @@ from studio.operations import get_operation
 from studio.ownership import Owner
 from studio.tasks import run_job_finished
 from studio.vendors import base as vendor_base
+from studio.vendors import local
 from studio.vendors.base import Output, Progress, Provider, Submission, VendorError
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 OWNER = Owner(visitor_id="visitor-a")
+
+
+def retouch(photo, strength=0.5) -> Job:
+    """Create (and, in sync mode, run) a retouch job on the photo."""
+    return services.job_create(
+        owner=OWNER, photo=photo, operation=get_operation("studio_retouch"), params={"strength": strength}
+    )
 
 
 @pytest.fixture
@@ -68,7 +76,7 @@ def test_job_records_running_stages(photo, monkeypatch):
         seen.append((Job.objects.get(pk=job_id).status, Job.objects.get(pk=job_id).stage))
 
     monkeypatch.setattr(services, "job_report", spy)
-    services.job_create(owner=OWNER, photo=photo, operation=get_operation("studio_retouch"), params={"strength": 0.5})
+    retouch(photo)
     assert seen, "the runner must report stages"
     assert all(status == Job.Status.RUNNING for status, _ in seen)
     assert len({stage for _, stage in seen}) >= 3  # e.g. reading, retouch stages, saving
@@ -76,8 +84,9 @@ def test_job_records_running_stages(photo, monkeypatch):
 
 def test_refused_before_any_work_when_limits_fail(two_faces_jpeg):
     photo = services.photo_create(owner=OWNER, data=two_faces_jpeg)
+    crop = get_operation("headshot_crop")
     with pytest.raises(services.ServiceError, match="2 faces"):
-        services.job_create(owner=OWNER, photo=photo, operation=get_operation("headshot_crop"), params={"preset": "1:1"})
+        services.job_create(owner=OWNER, photo=photo, operation=crop, params={"preset": "1:1"})
     assert not Job.objects.exists()
 
 
@@ -85,8 +94,8 @@ def test_effect_failure_ends_failed_with_its_message(photo, monkeypatch):
     def refuse(*args, **kwargs):
         raise effects.EffectError("The face is turned too far away. Use a front-facing photo.")
 
-    monkeypatch.setitem(__import__("studio.vendors.local", fromlist=["EFFECTS"]).EFFECTS, "studio_retouch", refuse)
-    job = services.job_create(owner=OWNER, photo=photo, operation=get_operation("studio_retouch"), params={"strength": 0.5})
+    monkeypatch.setitem(local.EFFECTS, "studio_retouch", refuse)
+    job = retouch(photo)
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert job.error_message == "The face is turned too far away. Use a front-facing photo."
@@ -98,8 +107,8 @@ def test_unexpected_crash_ends_failed_with_a_safe_message(photo, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("internal detail that must not reach the user")
 
-    monkeypatch.setitem(__import__("studio.vendors.local", fromlist=["EFFECTS"]).EFFECTS, "studio_retouch", crash)
-    job = services.job_create(owner=OWNER, photo=photo, operation=get_operation("studio_retouch"), params={"strength": 0.5})
+    monkeypatch.setitem(local.EFFECTS, "studio_retouch", crash)
+    job = retouch(photo)
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert job.error_message == services.GENERIC_FAILURE
@@ -144,7 +153,7 @@ def polling_provider(monkeypatch):
 def test_poll_loop_runs_until_finished_and_stores_every_output(photo, polling_provider, portrait_jpeg):
     outputs = [Output(data=portrait_jpeg, label="first"), Output(data=portrait_jpeg, label="second")]
     provider = polling_provider(polls_needed=3, outputs=outputs)
-    job = services.job_create(owner=OWNER, photo=photo, operation=get_operation("studio_retouch"), params={"strength": 0.5})
+    job = retouch(photo)
     job.refresh_from_db()
     assert provider.polls == 3
     assert job.status == Job.Status.SUCCEEDED
@@ -153,7 +162,7 @@ def test_poll_loop_runs_until_finished_and_stores_every_output(photo, polling_pr
 
 def test_damaged_vendor_output_fails_the_job(photo, polling_provider):
     polling_provider(polls_needed=1, outputs=[Output(data=b"<html>not an image</html>")])
-    job = services.job_create(owner=OWNER, photo=photo, operation=get_operation("studio_retouch"), params={"strength": 0.5})
+    job = retouch(photo)
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert "damaged image" in job.error_message
@@ -162,7 +171,7 @@ def test_damaged_vendor_output_fails_the_job(photo, polling_provider):
 
 def test_vendor_error_while_polling_fails_the_job(photo, polling_provider):
     polling_provider(fail_with=VendorError("The service is busy. Try again in a few minutes.", permanent=False))
-    job = services.job_create(owner=OWNER, photo=photo, operation=get_operation("studio_retouch"), params={"strength": 0.5})
+    job = retouch(photo)
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert job.error_message == "The service is busy. Try again in a few minutes."
@@ -171,7 +180,7 @@ def test_vendor_error_while_polling_fails_the_job(photo, polling_provider):
 def test_job_past_its_deadline_stops_polling(photo, polling_provider, settings):
     settings.STUDIO_JOB_DEADLINE_SECONDS = 0
     provider = polling_provider(polls_needed=10_000)
-    job = services.job_create(owner=OWNER, photo=photo, operation=get_operation("studio_retouch"), params={"strength": 0.5})
+    job = retouch(photo)
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert job.error_message == services.TIMED_OUT
@@ -202,7 +211,7 @@ def test_a_job_abandoned_by_a_dead_worker_can_be_claimed_again(photo, settings):
 
 
 def test_running_a_finished_job_again_changes_nothing(photo):
-    job = services.job_create(owner=OWNER, photo=photo, operation=get_operation("studio_retouch"), params={"strength": 0.5})
+    job = retouch(photo)
     job.refresh_from_db()
     finished_at = job.finished_at
     services.job_run(job.pk)
@@ -238,19 +247,21 @@ def test_task_hook_fails_a_job_killed_by_the_worker_timeout(photo):
 
 
 def test_chaining_uses_a_result_as_a_new_photo(photo):
-    first = services.job_create(owner=OWNER, photo=photo, operation=get_operation("headshot_crop"), params={"preset": "1:1"})
+    crop = get_operation("headshot_crop")
+    first = services.job_create(owner=OWNER, photo=photo, operation=crop, params={"preset": "1:1"})
     result = first.results.get()
     chained = services.photo_from_result(owner=OWNER, result=result)
     assert chained.source_result == result
     assert (chained.width, chained.height) == (result.width, result.height)
     assert len(chained.faces) == 1  # the face is found again on the cropped result
-    second = services.job_create(owner=OWNER, photo=chained, operation=get_operation("background_blur"), params={"strength": 0.5})
+    blur = get_operation("background_blur")
+    second = services.job_create(owner=OWNER, photo=chained, operation=blur, params={"strength": 0.5})
     second.refresh_from_db()
     assert second.status == Job.Status.SUCCEEDED
 
 
 def test_deleting_a_result_removes_its_files(photo, settings):
-    job = services.job_create(owner=OWNER, photo=photo, operation=get_operation("studio_retouch"), params={"strength": 0.5})
+    job = retouch(photo)
     result = job.results.get()
     paths = [result.image.path, result.thumbnail.path]
     services.result_delete(result=result)

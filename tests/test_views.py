@@ -253,8 +253,9 @@ def test_everything_is_404_for_someone_else(owner_client, other_client, result):
 
 
 def test_signup_keeps_earlier_work(owner_client, result):
+    password = "a-long-Passphrase-42"
     response = owner_client.post(
-        "/accounts/signup/", {"username": "ada", "password1": "a-long-Passphrase-42", "password2": "a-long-Passphrase-42"}
+        "/accounts/signup/", {"username": "ada", "password1": password, "password2": password}
     )
     assert response.status_code == 302
     user = User.objects.get(username="ada")

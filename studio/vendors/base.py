@@ -10,7 +10,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from importlib import import_module
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from studio.imaging import FaceBox
 from studio.operations import Operation
