@@ -143,18 +143,16 @@ def job_create(request):
 @require_GET
 def job_detail(request, job_id):
     job = selectors.job_get_for_owner(owner_for(request), job_id)
-    return render(request, "studio/job.html", {"job": job, "results": list(job.results.all())})
+    return render(request, "studio/job.html", {"job": job})
 
 
 @require_GET
 def job_status(request, job_id):
     """The job card, polled about once a second until the job is finished."""
     job = selectors.job_get_for_owner(owner_for(request), job_id)
-    context = {"job": job, "results": list(job.results.all()) if job.is_terminal else []}
-    response = render(request, "studio/partials/job_card.html", context)
+    response = render(request, "studio/partials/job_card.html", {"job": job})
     if job.is_terminal:
-        stop = HttpResponseStopPolling(response.content)
-        return stop
+        response.status_code = HttpResponseStopPolling.status_code  # 286: htmx stops polling
     return response
 
 
