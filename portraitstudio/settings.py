@@ -4,6 +4,7 @@ Defaults are the embedded configuration: SQLite, django-q2's ORM broker,
 media on local disk, no vendor keys. See README.md for the table.
 """
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -94,7 +95,8 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     }
     # A file, not memory, so that a real qcluster process started by a test
     # can open the test database too.
-    _db["TEST"] = {"NAME": env_str("STUDIO_TEST_DB", str(DATA_DIR / "test-studio.sqlite3"))}
+    # One file per test run, so overlapping runs never share (and flush) it.
+    _db["TEST"] = {"NAME": env_str("STUDIO_TEST_DB", str(DATA_DIR / f"test-studio-{os.getpid()}.sqlite3"))}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

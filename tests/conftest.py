@@ -7,6 +7,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from tests import images
+from tests.live import cluster, qcluster  # noqa: F401  (fixtures for any test)
 
 
 @pytest.fixture(autouse=True)

@@ -6,10 +6,8 @@ directory shared with the test process, so a job created by the test client
 or the live server is picked up and run exactly as in production.
 
 Use with `@pytest.mark.django_db(transaction=True)` or `live_server` (rows
-must be committed for another process to see them). Import the fixtures into
-a test module:
-
-    from tests.live import cluster, qcluster  # noqa: F401  (fixtures)
+must be committed for another process to see them). tests/conftest.py makes
+both fixtures available to every test module.
 
 `cluster` gives a stopped cluster to start later (to see jobs wait in the
 queue); `qcluster` gives one already running. Both stop it after the test and
@@ -24,8 +22,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+import contextlib
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PYTHON = BASE_DIR / ".venv" / "bin" / "python"
@@ -35,8 +35,8 @@ READY_LINE = "running."  # django-q2: "Q Cluster <name> running."
 class Cluster:
     """One `manage.py qcluster` process (and its worker children)."""
 
-    def __init__(self, *, db_name: str, data_dir: Path, secret_key: str, workers: int = 2):
-        self.db_name = db_name
+    def __init__(self, *, database_url: str, data_dir: Path, secret_key: str, workers: int = 2):
+        self.database_url = database_url
         # django-q2 signs queued tasks with SECRET_KEY: the worker needs the web side's.
         self.secret_file = data_dir / "secret_key.shared"
         self.secret_file.write_text(secret_key)
@@ -52,7 +52,7 @@ class Cluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "SECRET_KEY"}
         env.update(
             SECRET_KEY_FILE=str(self.secret_file),
-            DATABASE_URL=f"sqlite:///{self.db_name}",
+            DATABASE_URL=self.database_url,
             STUDIO_DATA_DIR=str(self.data_dir),
             Q_WORKERS=str(self.workers),
             Q_SYNC="0",
@@ -98,20 +98,14 @@ class Cluster:
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)  # graceful: the sentinel stops its workers
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         if proc is not None:
             # Whatever is left of this cluster's own process group (only ours).
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -145,11 +139,8 @@ def cluster(request, transactional_db, settings, monkeypatch, tmp_path_factory, 
     (data_dir / "media").mkdir()
     # After conftest's _isolated_media, so the web side and worker share files.
     settings.MEDIA_ROOT = data_dir / "media"
-    db_name = connection.settings_dict["NAME"]
-    assert db_name and db_name != ":memory:" and "mode=memory" not in str(db_name), (
-        "a real cluster needs the file-based SQLite test database"
-    )
-    c = Cluster(db_name=str(db_name), data_dir=data_dir, secret_key=settings.SECRET_KEY)
+    c = Cluster(database_url=_database_url(connection.settings_dict), data_dir=data_dir,
+                secret_key=settings.SECRET_KEY)
     failed_before = request.session.testsfailed
     try:
         yield c
@@ -163,6 +154,23 @@ def cluster(request, transactional_db, settings, monkeypatch, tmp_path_factory, 
 def qcluster(cluster):
     """A running real django-q2 cluster (2 workers) sharing DB and media with the test."""
     return cluster.start()
+
+
+def _database_url(db: dict) -> str:
+    """DATABASE_URL for the database the test process uses now (the test database)."""
+    name = str(db["NAME"])
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        assert name and name != ":memory:" and "mode=memory" not in name, (
+            "a real cluster needs a file-based SQLite test database (settings TEST NAME)"
+        )
+        return f"sqlite:///{name}"
+    scheme = {"django.db.backends.postgresql": "postgres", "django.db.backends.mysql": "mysql"}[db["ENGINE"]]
+    auth = quote(db.get("USER") or "", safe="")
+    if db.get("PASSWORD"):
+        auth += ":" + quote(db["PASSWORD"], safe="")
+    host = db.get("HOST") or "localhost"
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"{scheme}://{auth}{'@' if auth else ''}{host}{port}/{quote(name, safe='')}"
 
 
 def _show(request, title: str, text: str) -> None:

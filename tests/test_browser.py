@@ -8,7 +8,6 @@ when STUDIO_SCREENSHOTS=1 (see scripts/screenshots), else to a tmp dir.
 from __future__ import annotations
 
 import base64
-import io
 import os
 import re
 import time
@@ -20,7 +19,6 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from studio.models import Job, Result
 from tests import images
-from tests.live import cluster, qcluster  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.qcluster]
 
@@ -87,15 +85,34 @@ class Guard:
                 return
             self.problems.append(f"console error: {msg.text} ({url})")
 
+        # The browser aborts (net::ERR_ABORTED) whatever is still loading when a
+        # page moves on: the favicon, images of a page being left. That is not
+        # a failure of the app; an aborted htmx request (xhr) is, unless its
+        # page navigated away after it started.
+        navigations = [0]
+        started: dict = {}
+
+        def on_request(request):
+            if request.is_navigation_request() and request.frame == page.main_frame:
+                navigations[0] += 1  # counted when it starts, before the old page's requests are cut
+            started[request] = navigations[0]
+
         def on_failed(request):
             failure = request.failure or "failed"
+            navigated = started.pop(request, navigations[0]) != navigations[0]
+            if failure == "net::ERR_ABORTED" and (navigated or request.resource_type not in ("xhr", "fetch")):
+                return
             if not self._allowed(request.url, failure):
                 self.problems.append(f"request failed: {request.method} {request.url}: {failure}")
 
         def on_response(response):
             if response.status >= 400 and not self._allowed(response.url, response.status):
-                self.problems.append(f"HTTP {response.status}: {response.request.method} {response.url}")
+                self.problems.append(
+                    f"HTTP {response.status}: {response.request.method} {response.url} (on page {page.url})"
+                )
 
+        page.on("request", on_request)
+        page.on("requestfinished", lambda request: started.pop(request, None))
         page.on("console", on_console)
         page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
         page.on("requestfailed", on_failed)
@@ -489,6 +506,7 @@ def test_share_link_lifecycle(studio, qcluster, portrait_file):
 
     visitor, visitor_guard = studio.page()
     visitor_guard.expect(r"/s/", 404)
+    visitor_guard.expect(r"/results/", 404)
     response = visitor.goto(url)
     assert response.status == 200
     assert "noindex" in response.headers.get("x-robots-tag", "")
@@ -505,7 +523,6 @@ def test_share_link_lifecycle(studio, qcluster, portrait_file):
     assert visitor.request.get(url + "/before").status == 404  # the before photo was not shared
     # The visitor still cannot open the owner's private pages.
     assert visitor.goto(f"/results/{result.pk}/").status == 404
-    visitor_guard.expect(r"/results/", 404)
 
     # Stop sharing: the link is gone for everyone.
     panel.get_by_role("button", name="Stop sharing").click()

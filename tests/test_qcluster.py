@@ -10,7 +10,6 @@ from PIL import Image
 
 from studio.models import Job, Result
 from tests.conftest import upload
-from tests.live import cluster, qcluster  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.qcluster, pytest.mark.django_db(transaction=True)]
 

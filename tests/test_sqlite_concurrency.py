@@ -8,6 +8,7 @@ locked" (the read lock cannot be upgraded); with IMMEDIATE they wait their turn.
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PROCESSES, TRANSACTIONS = 4, 75
 
 WORKER = f"""
+import os, time
 import django
 django.setup()
 from django.db import OperationalError, connection, transaction
+connection.ensure_connection()
+# Start together, so the processes really overlap however slowly each starts.
+time.sleep(max(0.0, float(os.environ["START_AT"]) - time.time()))
 ok = failed = 0
 for _ in range({TRANSACTIONS}):
     try:
@@ -26,6 +31,7 @@ for _ in range({TRANSACTIONS}):
             with connection.cursor() as cursor:
                 cursor.execute("SELECT n FROM counter")
                 (n,) = cursor.fetchone()
+                time.sleep(0.002)  # the read-then-write window real code has
                 cursor.execute("UPDATE counter SET n = %s", [n + 1])
         ok += 1
     except OperationalError:
@@ -44,6 +50,7 @@ def test_concurrent_read_then_write_transactions(tmp_path, mode):
         conn.execute("INSERT INTO counter VALUES (0)")
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{db}", "STUDIO_DATA_DIR": str(tmp_path),
            "DJANGO_SETTINGS_MODULE": "portraitstudio.settings"}
+    env["START_AT"] = str(time.time() + 8)
     script = WORKER
     if mode == "deferred":
         # The same workload on SQLite's default, to show the test can fail.

@@ -32,9 +32,12 @@ class Command(BaseCommand):
             "--timeout", "60", "--access-logfile", "-", "--log-level", "warning",
         ]
         worker = [python, "manage.py", "qcluster"]
+        # Children get their own session: Ctrl-C in the terminal reaches only
+        # this supervisor, which then stops them, so a child that exits from
+        # the signal is never mistaken for a crash.
         children = {
-            "web": subprocess.Popen(web, cwd=settings.BASE_DIR),
-            "worker": subprocess.Popen(worker, cwd=settings.BASE_DIR),
+            "web": subprocess.Popen(web, cwd=settings.BASE_DIR, start_new_session=True),
+            "worker": subprocess.Popen(worker, cwd=settings.BASE_DIR, start_new_session=True),
         }
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.stdout.write(self.style.SUCCESS(f"\nPortrait Studio is running at http://{shown_host}:{port}/"))
