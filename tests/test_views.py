@@ -282,3 +282,16 @@ def test_malformed_ids_are_404_not_500(owner_client):
     assert owner_client.get("/results/not-a-uuid/").status_code == 404
     assert owner_client.get("/?photo=not-a-uuid").status_code == 404
     assert owner_client.post("/jobs/", {"photo": "garbage", "operation": "studio_retouch"}).status_code == 404
+
+
+def test_delete_photo_keeps_results_made_from_it(owner_client, result):
+    photo_id = result.job.photo_id
+    page = owner_client.get(f"/?photo={photo_id}").content.decode()
+    assert f"/photos/{photo_id}/delete" in page
+    response = owner_client.post(f"/photos/{photo_id}/delete", headers=HTMX)
+    assert response.status_code == 200 and response["HX-Redirect"] == "/"
+    assert not Photo.objects.filter(pk=photo_id).exists()
+    assert owner_client.get(f"/photos/{photo_id}/image").status_code == 404
+    # The result stays; its page now shows it alone, without the before photo.
+    page = owner_client.get(f"/results/{result.pk}/")
+    assert page.status_code == 200 and 'data-testid="compare"' not in page.content.decode()
