@@ -269,3 +269,13 @@ def test_deleting_a_result_removes_its_files(photo, settings):
     import os
 
     assert not any(os.path.exists(p) for p in paths)
+
+
+def test_sweeper_is_scheduled_every_minute_once():
+    from django.core.management import call_command
+    from django_q.models import Schedule
+
+    call_command("migrate", verbosity=0)  # a second migrate must not duplicate it
+    schedule = Schedule.objects.get(name="sweep-stale-jobs")
+    assert schedule.func == "studio.tasks.sweep_stale_jobs"
+    assert schedule.schedule_type == Schedule.MINUTES and schedule.minutes == 1
