@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from studio.errors import UserFacingError
+
 from studio.imaging import FaceBox
 
 Progress = Callable[[str, float], None] | None
@@ -41,12 +43,8 @@ CROWN_ABOVE_BOX = 0.5
 CHIN_BELOW_BOX = 0.25
 
 
-class EffectError(Exception):
+class EffectError(UserFacingError):
     """The operation cannot run on this photo; .message is safe to show to the user."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass(frozen=True)

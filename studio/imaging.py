@@ -18,6 +18,8 @@ import numpy as np
 import pillow_heif
 from PIL import Image, ImageCms
 
+from studio.errors import UserFacingError
+
 # HEIC/HEIF decoding comes from pillow-heif; registering is idempotent.
 pillow_heif.register_heif_opener()
 
@@ -48,12 +50,8 @@ _PLEASE_UPLOAD = "Please upload a JPEG, PNG, WebP or HEIC photo."
 _DAMAGED = "This photo is damaged or incomplete; please export it again."
 
 
-class ImageRejected(ValueError):
+class ImageRejected(UserFacingError, ValueError):
     """The file cannot be used; ``message`` is safe to show to the user."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from studio.errors import UserFacingError
+
 from studio.imaging import FaceBox
 
 # Formats a stored photo can have come from (see imaging.ACCEPTED_FORMATS).
 ALL_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "HEIF"})
 
 
-class ParamError(ValueError):
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+class ParamError(UserFacingError, ValueError):
+    """A submitted parameter value is out of range or not offered."""
 
 
 @dataclass(frozen=True)

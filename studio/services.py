@@ -19,6 +19,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from studio import imaging
+from studio.errors import UserFacingError
 from studio.models import Job, Photo, Result, ShareLink
 from studio.operations import Operation
 from studio.ownership import Owner
@@ -33,12 +34,8 @@ GENERIC_FAILURE = (
 TIMED_OUT = "This job took too long and was stopped. Please try again; if it keeps happening, pick another operation."
 
 
-class ServiceError(Exception):
+class ServiceError(UserFacingError):
     """A request that cannot be carried out; `message` is safe to show."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
 
 
 # --- Photos -----------------------------------------------------------------

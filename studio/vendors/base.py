@@ -13,16 +13,17 @@ from importlib import import_module
 from typing import Any
 from collections.abc import Callable
 
+from studio.errors import UserFacingError
+
 from studio.imaging import FaceBox
 from studio.operations import Operation
 
 
-class VendorError(Exception):
+class VendorError(UserFacingError):
     """A failure with a user-facing message; `permanent` means retrying won't help."""
 
     def __init__(self, message: str, *, permanent: bool = True, retry_after: float | None = None):
         super().__init__(message)
-        self.message = message
         self.permanent = permanent
         self.retry_after = retry_after
 
