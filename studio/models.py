@@ -67,10 +67,6 @@ class Photo(OwnedModel):
     def face_boxes(self) -> list[FaceBox]:
         return [FaceBox.from_list(box) for box in self.faces]
 
-    @property
-    def megapixels(self) -> float:
-        return round(self.width * self.height / 1_000_000, 1)
-
 
 class Job(OwnedModel):
     class Status(models.TextChoices):

@@ -230,8 +230,3 @@ OPERATIONS: dict[str, Operation] = {op.key: op for op in _CATALOGUE}
 def get_operation(key: str) -> Operation:
     """The operation with this key; KeyError when there is none."""
     return OPERATIONS[key]
-
-
-def register(operation: Operation) -> None:
-    """Add an operation (used by vendor modules to extend the catalogue)."""
-    OPERATIONS[operation.key] = operation

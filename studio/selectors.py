@@ -64,7 +64,3 @@ def gallery_page(owner: Owner, *, operation: str = "", status: str = "", page: i
     if status:
         jobs = jobs.filter(status=status)
     return Paginator(jobs, per_page).get_page(page)
-
-
-def owner_operations_used(owner: Owner) -> list[str]:
-    return list(Job.objects.filter(owner.q()).order_by().values_list("operation", flat=True).distinct())
