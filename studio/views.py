@@ -47,14 +47,16 @@ def _studio_context(request, *, photo=None, selected_op=None, values=None, error
     op = selected_op or next(iter(OPERATIONS.values()))
     return {
         "photo": photo,
-        "recent_photos": selectors.photos_recent(owner),
+        # Callables: templates call them only when they render that part,
+        # so fragments without these lists cost no queries for them.
+        "recent_photos": lambda: selectors.photos_recent(owner),
+        "recent_jobs": lambda: list(selectors.gallery_page(owner, per_page=6).object_list),
         "operations": _operation_choices(),
         "selected_op": op,
         "values": values or op.defaults(),
         "errors": errors or {},
         "form_error": form_error,
         "max_upload_mb": settings.STUDIO_MAX_UPLOAD_MB,
-        "recent_jobs": list(selectors.gallery_page(owner, per_page=6).object_list),
     }
 
 

@@ -295,3 +295,18 @@ def test_delete_photo_keeps_results_made_from_it(owner_client, result):
     # The result stays; its page now shows it alone, without the before photo.
     page = owner_client.get(f"/results/{result.pk}/")
     assert page.status_code == 200 and 'data-testid="compare"' not in page.content.decode()
+
+
+def test_submit_fragment_skips_the_page_only_lists(owner_client, photo):
+    """The job-submit fragment must not pay for the recent photos and jobs lists."""
+    def queries_for(request):
+        with CaptureQueriesContext(connection) as captured:
+            request()
+        return [q["sql"] for q in captured.captured_queries]
+
+    sql = queries_for(lambda: owner_client.get(f"/?fragment=operation&operation=headshot_crop&photo={photo.pk}",
+                                               headers=HTMX))
+    assert not any('"studio_job"' in q for q in sql)
+    assert sum('FROM "studio_photo"' in q for q in sql) == 1  # the selected photo only
+    page = queries_for(lambda: owner_client.get(f"/?photo={photo.pk}"))
+    assert sum('FROM "studio_photo"' in q for q in page) == 2  # the photo and the recent strip, once each
