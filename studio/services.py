@@ -69,9 +69,9 @@ def photo_create(*, owner: Owner, data: bytes, filename: str = "", source_result
 
 def photo_from_result(*, owner: Owner, result: Result) -> Photo:
     """Chaining: make a result the input photo of another operation."""
-    with result.image.open("rb") as fh:
-        data = fh.read()
-    return photo_create(owner=owner, data=data, filename=f"{result.label or 'result'}.jpg", source_result=result)
+    return photo_create(
+        owner=owner, data=_read(result.image), filename=f"{result.label or 'result'}.jpg", source_result=result
+    )
 
 
 def photo_delete(*, photo: Photo) -> None:
@@ -168,39 +168,58 @@ def job_mark_failed(job_id, message: str) -> bool:
     )
 
 
+class _JobNoLongerRunning(Exception):
+    """Rolls back storing results for a job that ended meanwhile."""
+
+
 def _store_outputs(job: Job, outputs: list[Output]) -> None:
-    """Verify each output decodes as an image, then store it with a thumbnail."""
+    """Verify each output decodes as an image, then store it with a thumbnail.
+
+    Files are written before their rows commit, so on any failure the files
+    written so far are deleted too: a rollback alone would leave them orphaned.
+    """
     if not outputs:
         raise VendorError("The service returned no image. Please try again.", permanent=False)
-    with transaction.atomic():
-        job.results.all().delete()  # a resumed run replaces partial results
-        for index, output in enumerate(outputs):
-            try:
-                image = imaging.load_image(output.data)
-            except imaging.ImageRejected:
-                raise VendorError(
-                    "The service returned a damaged image. Please try again.", permanent=False
-                ) from None
-            result = Result(
-                job=job,
-                index=index,
-                content_type=output.content_type,
-                width=image.width,
-                height=image.height,
-                label=output.label,
-                meta=output.meta,
+    written: list = []
+    try:
+        with transaction.atomic():
+            job.results.all().delete()  # a resumed run replaces partial results
+            for index, output in enumerate(outputs):
+                written += _store_output(job, index, output)
+            updated = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+                status=Job.Status.SUCCEEDED, stage="Done", progress=1.0, finished_at=timezone.now()
             )
-            name = f"{index + 1}.{'png' if output.content_type == 'image/png' else 'jpg'}"
-            result.image.save(name, ContentFile(output.data), save=False)
-            result.thumbnail.save(f"{index + 1}-thumb.jpg", ContentFile(imaging.make_thumbnail(image)), save=False)
-            result.save()
-        updated = (
-            Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING)
-            .update(status=Job.Status.SUCCEEDED, stage="Done", progress=1.0, finished_at=timezone.now())
-        )
-        if updated != 1:
-            # The sweeper failed the job meanwhile; keep its verdict, drop the files.
-            transaction.set_rollback(True)
+            if updated != 1:
+                # The sweeper failed the job meanwhile; keep its verdict.
+                raise _JobNoLongerRunning
+    except BaseException as exc:
+        for field in written:
+            field.storage.delete(field.name)
+        if isinstance(exc, _JobNoLongerRunning):
+            return
+        raise
+
+
+def _store_output(job: Job, index: int, output: Output) -> list:
+    """Save one output as a Result; returns the file fields it wrote."""
+    try:
+        image = imaging.load_image(output.data)
+    except imaging.ImageRejected:
+        raise VendorError("The service returned a damaged image. Please try again.", permanent=False) from None
+    result = Result(
+        job=job,
+        index=index,
+        content_type=output.content_type,
+        width=image.width,
+        height=image.height,
+        label=output.label,
+        meta=output.meta,
+    )
+    name = f"{index + 1}.{'png' if output.content_type == 'image/png' else 'jpg'}"
+    result.image.save(name, ContentFile(output.data), save=False)
+    result.thumbnail.save(f"{index + 1}-thumb.jpg", ContentFile(imaging.make_thumbnail(image)), save=False)
+    result.save()
+    return [result.image, result.thumbnail]
 
 
 def job_run(job_id) -> None:

@@ -279,3 +279,30 @@ def test_sweeper_is_scheduled_every_minute_once():
     schedule = Schedule.objects.get(name="sweep-stale-jobs")
     assert schedule.func == "studio.tasks.sweep_stale_jobs"
     assert schedule.schedule_type == Schedule.MINUTES and schedule.minutes == 1
+
+
+def test_a_damaged_second_output_leaves_no_files_behind(photo, polling_provider, portrait_jpeg, settings):
+    polling_provider(polls_needed=1, outputs=[Output(data=portrait_jpeg), Output(data=b"not an image")])
+    job = retouch(photo)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and not Result.objects.exists()
+    results_dir = settings.MEDIA_ROOT / "results" / str(job.pk)
+    assert not results_dir.exists() or not any(results_dir.iterdir())
+
+
+def test_results_of_a_job_the_sweeper_failed_meanwhile_are_dropped(photo, polling_provider, portrait_jpeg, settings):
+    provider = polling_provider(polls_needed=1, outputs=[Output(data=portrait_jpeg)])
+    real_poll = provider.poll
+
+    def poll_then_get_swept(job_input, task_id):
+        progress = real_poll(job_input, task_id)
+        services.job_mark_failed(job_input.job_id, services.TIMED_OUT)
+        return progress
+
+    provider.poll = poll_then_get_swept
+    job = retouch(photo)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and job.error_message == services.TIMED_OUT
+    assert not Result.objects.exists()
+    results_dir = settings.MEDIA_ROOT / "results" / str(job.pk)
+    assert not results_dir.exists() or not any(results_dir.iterdir())
