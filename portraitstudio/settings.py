@@ -48,6 +48,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "studio.security.SecurityHeadersMiddleware",  # CSP, Permissions-Policy
+    "studio.security.RequestSizeLimitMiddleware",  # 413 before a huge body is read
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -101,7 +103,15 @@ DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache ----------------------------------------------------------------
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# Shared by every web and worker process (vendor tokens, the Perfect Corp
+# request budget, abuse limits), so it lives in the database, not in memory.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "studio_cache",
+        "OPTIONS": {"MAX_ENTRIES": 20000},
+    }
+}
 
 # --- Files ----------------------------------------------------------------
 MEDIA_ROOT = DATA_DIR / "media"
@@ -176,6 +186,49 @@ STUDIO_JOB_DEADLINE_SECONDS = env_int("STUDIO_JOB_DEADLINE_SECONDS", 900, minimu
 STUDIO_SANDBOX = env_bool("STUDIO_SANDBOX", False)
 STUDIO_GALLERY_PAGE_SIZE = env_int("STUDIO_GALLERY_PAGE_SIZE", 12, minimum=1, maximum=100)
 
+# --- Vendors ------------------------------------------------------------------
+# Every base URL, path, body variant and cadence is a setting (see
+# ../shared/vendor-apis.md §5): several are uncertain and may need changing
+# against a live account. With STUDIO_SANDBOX=1 every vendor is served by its
+# local emulator instead, and every result is labelled "sandbox".
+
+# Perfect Corp (vendor-apis.md §1)
+PERFECTCORP_BASE_URL = env_url("PERFECTCORP_BASE_URL", "https://yce-api-01.perfectcorp.com")
+PERFECTCORP_CLIENT_ID = env_secret("PERFECTCORP_CLIENT_ID", "")
+PERFECTCORP_CLIENT_SECRET = env_secret("PERFECTCORP_CLIENT_SECRET", "")  # base64 X.509 public key
+PERFECTCORP_FILE_API = env_str("PERFECTCORP_FILE_API", "v1.0")  # or "v1.1" (sends file_size)
+PERFECTCORP_RSA_PADDING = env_str("PERFECTCORP_RSA_PADDING", "pkcs1v15")  # or "oaep-sha1"
+# JSON object {feature key: path segment}; overrides the built-in §1.5 table.
+PERFECTCORP_FEATURE_PATHS = env_str("PERFECTCORP_FEATURE_PATHS", "")
+PERFECTCORP_POLL_FLOOR_MS = env_int("PERFECTCORP_POLL_FLOOR_MS", 1000, minimum=100)
+PERFECTCORP_POLL_CEILING_MS = env_int("PERFECTCORP_POLL_CEILING_MS", 5000, minimum=100)
+PERFECTCORP_RATE_PER_TOKEN = env_int("PERFECTCORP_RATE_PER_TOKEN", 100, minimum=1)  # per 60 s
+PERFECTCORP_RATE_PER_IP = env_int("PERFECTCORP_RATE_PER_IP", 100, minimum=1)  # per 300 s
+PERFECTCORP_JOB_DEADLINE_S = env_int("PERFECTCORP_JOB_DEADLINE_S", 120, minimum=10)
+
+# WaveSpeed (vendor-apis.md §2)
+WAVESPEED_BASE_URL = env_url("WAVESPEED_BASE_URL", "https://api.wavespeed.ai")
+WAVESPEED_API_KEY = env_secret("WAVESPEED_API_KEY", "")
+WAVESPEED_PORTRAIT_PATH = env_str("WAVESPEED_PORTRAIT_PATH", "wavespeed-ai/portrait")
+WAVESPEED_CHARACTER_PATH = env_str("WAVESPEED_CHARACTER_PATH", "wavespeed-ai/instant-character")
+WAVESPEED_RESULT_PATH = env_str("WAVESPEED_RESULT_PATH", "/api/v3/predictions/{id}/result")
+WAVESPEED_JOB_DEADLINE_S = env_int("WAVESPEED_JOB_DEADLINE_S", 300, minimum=10)
+
+# Vtrix (vendor-apis.md §3)
+VTRIX_BASE_URL = env_url("VTRIX_BASE_URL", "https://cloud.vtrix.ai")
+VTRIX_API_KEY = env_secret("VTRIX_API_KEY", "")
+VTRIX_BODY_MODE = env_str("VTRIX_BODY_MODE", "wrapped")  # or "flat"
+VTRIX_TASK_PATH = env_str("VTRIX_TASK_PATH", "/model/v1/generation/task/{id}")
+VTRIX_JOB_DEADLINE_S = env_int("VTRIX_JOB_DEADLINE_S", 300, minimum=10)
+# How long the signed URL of an image sent to Vtrix stays valid.
+STUDIO_SIGNED_URL_SECONDS = env_int("STUDIO_SIGNED_URL_SECONDS", 600, minimum=30)
+
+# Headshot API (vendor-apis.md §4)
+HEADSHOT_API_BASE_URL = env_url("HEADSHOT_API_BASE_URL", "https://api-us.idphotoapp.com")
+HEADSHOT_API_KEY = env_secret("HEADSHOT_API_KEY", "")
+HEADSHOT_API_PATH = env_str("HEADSHOT_API_PATH", "/api/generate-portrait")
+HEADSHOT_API_JOB_DEADLINE_S = env_int("HEADSHOT_API_JOB_DEADLINE_S", 180, minimum=10)
+
 # --- Security ---------------------------------------------------------------
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
@@ -188,6 +241,29 @@ if env_bool("STUDIO_BEHIND_TLS_PROXY", False):
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
+# Our own small middleware (studio/security.py) sends the Content-Security-
+# Policy: the policy is one fixed string (no inline code anywhere, so no
+# nonces), which does not justify a dependency. Extra sources, space-separated,
+# can be allowed for images (e.g. an S3 bucket) without a code change.
+STUDIO_CSP_EXTRA_IMG_SRC = env_str("STUDIO_CSP_EXTRA_IMG_SRC", "")
+# A request body larger than this is refused before it is read (413); the
+# photo limit itself is checked later with its own message.
+STUDIO_MAX_REQUEST_MB = env_int("STUDIO_MAX_REQUEST_MB", STUDIO_MAX_UPLOAD_MB + 5, minimum=1, maximum=500)
+
+# --- Privacy: retention ---------------------------------------------------------
+# Uploaded photos (and every copy made to send to a vendor) are deleted this
+# many hours after their last job; results stay until their owner deletes them.
+STUDIO_RETENTION_HOURS = env_int("STUDIO_RETENTION_HOURS", 24, minimum=1, maximum=24 * 365)
+STUDIO_PURGE_EVERY_MINUTES = env_int("STUDIO_PURGE_EVERY_MINUTES", 15, minimum=1, maximum=24 * 60)
+
+# --- Abuse limits (counted in the shared cache, per hour) -----------------------
+# Per visitor (or account) and, more generously, per client IP (several people
+# can share one address). Concurrent jobs are counted from the job table.
+STUDIO_UPLOADS_PER_HOUR = env_int("STUDIO_UPLOADS_PER_HOUR", 60, minimum=1)
+STUDIO_UPLOADS_PER_HOUR_PER_IP = env_int("STUDIO_UPLOADS_PER_HOUR_PER_IP", 240, minimum=1)
+STUDIO_JOBS_PER_HOUR = env_int("STUDIO_JOBS_PER_HOUR", 120, minimum=1)
+STUDIO_JOBS_PER_HOUR_PER_IP = env_int("STUDIO_JOBS_PER_HOUR_PER_IP", 480, minimum=1)
+STUDIO_MAX_CONCURRENT_JOBS = env_int("STUDIO_MAX_CONCURRENT_JOBS", 4, minimum=1)
 
 LOGGING = {
     "version": 1,
@@ -195,5 +271,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
+    # httpx logs every URL at INFO; signed URLs carry credentials in their query.
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+    },
 }

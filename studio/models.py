@@ -96,6 +96,12 @@ class Job(OwnedModel):
     vendor_task_id = models.CharField(max_length=200, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     cost = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
+    # What the vendor reported (inference time, usage, …), secrets never included.
+    vendor_meta = models.JSONField(default=dict, blank=True)
+    # The provider's own resume state (e.g. an uploaded file id), saved before each vendor call.
+    vendor_state = models.JSONField(default=dict, blank=True)
+    # The area the user painted (object removal): PNG, white = remove, same size as the photo.
+    mask = models.FileField(upload_to="masks/", blank=True)
     rerun_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -212,3 +218,35 @@ class ShareLink(models.Model):
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or self.expires_at > timezone.now()
+
+
+def _cover_path(instance, filename):
+    return f"templates/{instance.slug}/{filename}"
+
+
+class StyleTemplate(models.Model):
+    """A saved look (prompt, seed, parameters) that users pick as a card.
+
+    The same template with the same seed gives the same look for anyone's photo.
+    """
+
+    name = models.CharField(max_length=80)
+    slug = models.SlugField(max_length=80, unique=True)
+    description = models.CharField(max_length=300, blank=True)
+    operation = models.CharField(max_length=50, db_index=True)
+    provider = models.CharField(max_length=30, blank=True)
+    prompt = models.TextField(blank=True)
+    seed = models.BigIntegerField(null=True, blank=True, help_text="Empty: a random seed per run.")
+    params = models.JSONField(default=dict, blank=True, help_text="Other parameters of the operation.")
+    cover = models.FileField(upload_to=_cover_path, blank=True)
+    active = models.BooleanField(default=True)
+    order = models.PositiveIntegerField(default=0)
+    source_result = models.ForeignKey(Result, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["order", "name"]
+
+    def __str__(self):
+        return self.name

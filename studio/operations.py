@@ -169,7 +169,8 @@ STRENGTH = Param(
     help="0 leaves the photo as it is; 1 is the strongest effect.",
 )
 
-_CATALOGUE = (
+# --- On this server ------------------------------------------------------------
+LOCAL_OPERATIONS = (
     Operation(
         key="studio_retouch",
         label="Studio retouch",
@@ -222,6 +223,22 @@ _CATALOGUE = (
         limits=InputLimits(min_faces=1),
         icon="🌫️",
     ),
+)
+
+# --- Perfect Corp (vendor-apis.md §1) ---------------------------------------------
+PERFECTCORP_OPERATIONS: tuple[Operation, ...] = ()
+
+# --- Headshot API (§4), WaveSpeed (§2), Vtrix (§3) --------------------------------
+HEADSHOT_OPERATIONS: tuple[Operation, ...] = ()
+WAVESPEED_OPERATIONS: tuple[Operation, ...] = ()
+VTRIX_OPERATIONS: tuple[Operation, ...] = ()
+
+_CATALOGUE = (
+    *LOCAL_OPERATIONS,
+    *PERFECTCORP_OPERATIONS,
+    *HEADSHOT_OPERATIONS,
+    *WAVESPEED_OPERATIONS,
+    *VTRIX_OPERATIONS,
 )
 
 OPERATIONS: dict[str, Operation] = {op.key: op for op in _CATALOGUE}

@@ -88,6 +88,7 @@ def job_create(
     operation: Operation,
     params: dict[str, Any],
     reference_photo: Photo | None = None,
+    mask: bytes | None = None,
     rerun_of: Job | None = None,
 ) -> Job:
     """Queue a job and enqueue its task once the row is committed."""
@@ -105,12 +106,15 @@ def job_create(
         operation=operation.key,
         provider=operation.provider,
         params=params,
-        sandbox=settings.STUDIO_SANDBOX,
+        # Local operations are real work even in sandbox mode; vendor ones are emulated.
+        sandbox=settings.STUDIO_SANDBOX and not provider.runs_locally,
         # A fresh request id per deliberate run; retries of one run reuse it.
         request_id=uuid.uuid4().hex,
         rerun_of=rerun_of,
         stage="Waiting for a worker",
     )
+    if mask is not None:
+        job.mask.save(f"{job.pk}.png", ContentFile(mask), save=True)
     transaction.on_commit(lambda: enqueue_job(job.pk))
     return job
 
@@ -227,7 +231,7 @@ def job_run(job_id) -> None:
     if not job_claim(job_id):
         log.info("job %s already claimed or finished; skipping", job_id)
         return
-    job = Job.objects.select_related("photo", "reference_photo").get(pk=job_id)
+    job = Job.objects.select_related("photo", "photo__source_result__job", "reference_photo").get(pk=job_id)
     try:
         _run_claimed(job)
     except VendorError as exc:
@@ -249,6 +253,7 @@ def _run_claimed(job: Job) -> None:
     if job.photo is None:
         raise VendorError("The photo for this job was deleted. Upload it again to run the job.")
     provider = get_provider(job.provider)
+    source = job.photo.source_result
     job_input = JobInput(
         job_id=str(job.pk),
         operation=operation,
@@ -257,7 +262,13 @@ def _run_claimed(job: Job) -> None:
         faces=job.photo.face_boxes,
         request_id=job.request_id,
         reference=_read(job.reference_photo.image) if job.reference_photo else None,
+        mask=_read(job.mask) if job.mask else None,
+        source_meta={**source.job.vendor_meta, **source.meta, "provider": source.job.provider} if source else {},
+        photo_id=str(job.photo.pk),
+        sandbox=job.sandbox,
+        state=dict(job.vendor_state),
         report=lambda stage, fraction=None: job_report(job.pk, stage, fraction),
+        save_state_callback=lambda state: Job.objects.filter(pk=job.pk).update(vendor_state=state),
     )
     deadline = job.created_at.timestamp() + settings.STUDIO_JOB_DEADLINE_SECONDS
     progress: Progress | None = None
@@ -276,7 +287,21 @@ def _run_claimed(job: Job) -> None:
         progress = provider.poll(job_input, job.vendor_task_id)
         job_report(job.pk, progress.stage or "Processing", progress.fraction)
     job_report(job.pk, "Saving results", 0.97)
+    _record_vendor_report(job, progress)
     _store_outputs(job, provider.fetch_results(job_input, progress))
+
+
+def _record_vendor_report(job: Job, progress: Progress) -> None:
+    """Keep what the vendor reported (cost, timings) on the job, for users and staff."""
+    values: dict[str, Any] = {}
+    if progress.cost is not None:
+        values["cost"] = progress.cost
+    if progress.meta:
+        values["vendor_meta"] = {**job.vendor_meta, **progress.meta}
+    if values:
+        Job.objects.filter(pk=job.pk).update(**values)
+        for name, value in values.items():
+            setattr(job, name, value)
 
 
 def job_rerun(*, owner: Owner, job: Job, params: dict[str, Any]) -> Job:
@@ -288,6 +313,7 @@ def job_rerun(*, owner: Owner, job: Job, params: dict[str, Any]) -> Job:
         operation=job.operation_spec,
         params=params,
         reference_photo=job.reference_photo,
+        mask=_read(job.mask) if job.mask else None,
         rerun_of=job,
     )
 

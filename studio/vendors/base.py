@@ -45,6 +45,8 @@ class Progress:
     fraction: float | None = None
     poll_after: float = 1.0  # seconds until the next poll is useful
     outputs: tuple[Output, ...] = ()
+    cost: float | None = None  # what the vendor says the job cost, when it says
+    meta: dict[str, Any] = field(default_factory=dict)  # stored on Job.vendor_meta (no secrets)
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,23 @@ class JobInput:
     image: bytes  # the normalized JPEG, metadata already stripped
     faces: list[FaceBox]
     request_id: str
-    reference: bytes | None = None
+    reference: bytes | None = None  # a second photo (e.g. the look to copy)
+    mask: bytes | None = None  # PNG, white where the user painted, same size as `image`
+    # Vendor bookkeeping of the photo this job's input came from, when it is a
+    # result of an earlier job (e.g. Perfect Corp's dst_id for chaining).
+    source_meta: dict[str, Any] = field(default_factory=dict)
+    photo_id: str = ""
+    sandbox: bool = False
+    # State the provider saved on the job earlier (e.g. an uploaded file id),
+    # so a resumed run can skip what already happened.
+    state: dict[str, Any] = field(default_factory=dict)
     report: StageReporter = lambda stage, fraction=None: None
+    save_state_callback: Callable[[dict[str, Any]], None] = lambda state: None
+
+    def save_state(self, **values: Any) -> None:
+        """Persist provider state on the job now, before the next vendor call."""
+        self.state.update(values)
+        self.save_state_callback(dict(self.state))
 
 
 class Provider(ABC):
@@ -75,9 +92,19 @@ class Provider(ABC):
     label: str = ""
     # True when the photo never leaves this server.
     runs_locally: bool = False
+    # Shown before submit: where the photo goes and how long it is kept there.
+    data_notice: str = ""
 
     def unavailable_reason(self) -> str | None:
         """Why this provider cannot run now (e.g. missing keys), or None."""
+        return None
+
+    def status(self) -> dict[str, Any]:
+        """For the staff console: configured, sandbox or live, budget in use, … (no secrets)."""
+        return {"configured": self.unavailable_reason() is None}
+
+    def delete_remote(self, job) -> None:
+        """Ask the vendor to delete its copies of this job's files, where it offers that."""
         return None
 
     @abstractmethod

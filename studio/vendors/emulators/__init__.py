@@ -1,0 +1,1 @@
+"""Faithful local emulators of each vendor's protocol (tests and sandbox mode)."""

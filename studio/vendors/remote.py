@@ -1,0 +1,54 @@
+"""Base for providers reached over HTTP: configuration, sandbox routing, client.
+
+A remote provider names the settings it needs; when any is empty it is
+unavailable with a reason users see (unless sandbox mode serves it from its
+emulator). `http()` gives a VendorHttp aimed at the real vendor, or at the
+emulator when sandbox mode or a test routes it there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+from studio.vendors import sandbox
+from studio.vendors.base import Provider
+from studio.vendors.http import VendorHttp
+
+
+class RemoteProvider(Provider):
+    # Setting names that must be non-empty to reach the real vendor.
+    required_settings: tuple[str, ...] = ()
+    base_url_setting: str = ""
+
+    def missing_settings(self) -> list[str]:
+        return [name for name in self.required_settings if not getattr(settings, name, "")]
+
+    def unavailable_reason(self) -> str | None:
+        if sandbox.routed(self.key) is not None:
+            return None
+        missing = self.missing_settings()
+        if missing:
+            return (
+                f"{self.label} isn't set up on this server yet: an administrator needs to set "
+                f"{' and '.join(missing)}."
+            )
+        return None
+
+    def is_sandboxed(self) -> bool:
+        return sandbox.routed(self.key) is not None
+
+    def http(self, **options: Any) -> VendorHttp:
+        route = sandbox.routed(self.key)
+        if route is None:
+            return VendorHttp(vendor=self.label, base_url=getattr(settings, self.base_url_setting), **options)
+        base_url, transport = route
+        return VendorHttp(vendor=self.label, base_url=base_url, transport=transport, **options)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "configured": not self.missing_settings(),
+            "mode": "sandbox" if self.is_sandboxed() else ("live" if not self.missing_settings() else "off"),
+            "missing": self.missing_settings(),
+        }
