@@ -103,6 +103,9 @@ class Job(OwnedModel):
     # The area the user painted (object removal): PNG, white = remove, same size as the photo.
     mask = models.FileField(upload_to="masks/", blank=True)
     rerun_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Jobs submitted together (several styles, templates or providers at once) share a batch,
+    # which the comparison view shows side by side.
+    batch = models.UUIDField(null=True, blank=True, db_index=True)
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -84,21 +84,26 @@ def photo_delete(*, photo: Photo) -> None:
 def job_create(
     *,
     owner: Owner,
-    photo: Photo,
+    photo: Photo | None,
     operation: Operation,
     params: dict[str, Any],
     reference_photo: Photo | None = None,
     mask: bytes | None = None,
     rerun_of: Job | None = None,
+    batch: uuid.UUID | None = None,
 ) -> Job:
     """Queue a job and enqueue its task once the row is committed."""
     provider = get_provider(operation.provider)
     reason = provider.unavailable_reason()
     if reason:
         raise ServiceError(reason)
-    problems = operation.limits.problems(faces=photo.face_boxes, source_format=photo.source_format)
-    if problems:
-        raise ServiceError(problems[0])
+    if photo is None:
+        if operation.inputs.selfie:
+            raise ServiceError("Upload a photo first.")
+    else:
+        problems = operation.limits.problems(faces=photo.face_boxes, source_format=photo.source_format)
+        if problems:
+            raise ServiceError(problems[0])
     job = Job.objects.create(
         **owner.fields(),
         photo=photo,
@@ -111,12 +116,44 @@ def job_create(
         # A fresh request id per deliberate run; retries of one run reuse it.
         request_id=uuid.uuid4().hex,
         rerun_of=rerun_of,
+        batch=batch,
         stage="Waiting for a worker",
     )
     if mask is not None:
         job.mask.save(f"{job.pk}.png", ContentFile(mask), save=True)
     transaction.on_commit(lambda: enqueue_job(job.pk))
     return job
+
+
+def job_create_batch(
+    *,
+    owner: Owner,
+    photo: Photo | None,
+    runs: list[tuple[Operation, dict[str, Any]]],
+    reference_photo: Photo | None = None,
+    mask: bytes | None = None,
+) -> list[Job]:
+    """Several jobs from one submission (several styles, templates or providers).
+
+    All or nothing: if any run is refused (unavailable vendor, photo limits),
+    no job is created and the first refusal is raised.
+    """
+    if not runs:
+        raise ServiceError("Pick at least one option to run.")
+    batch = uuid.uuid4() if len(runs) > 1 else None
+    with transaction.atomic():
+        return [
+            job_create(
+                owner=owner,
+                photo=photo,
+                operation=operation,
+                params=params,
+                reference_photo=reference_photo,
+                mask=mask,
+                batch=batch,
+            )
+            for operation, params in runs
+        ]
 
 
 def enqueue_job(job_id) -> None:
@@ -250,21 +287,21 @@ def _run_claimed(job: Job) -> None:
     operation = job.operation_spec
     if operation is None:
         raise VendorError("This operation is no longer offered. Please pick another one.")
-    if job.photo is None:
+    if job.photo is None and operation.inputs.selfie:
         raise VendorError("The photo for this job was deleted. Upload it again to run the job.")
     provider = get_provider(job.provider)
-    source = job.photo.source_result
+    source = job.photo.source_result if job.photo else None
     job_input = JobInput(
         job_id=str(job.pk),
         operation=operation,
         params=job.params,
-        image=_read(job.photo.image),
-        faces=job.photo.face_boxes,
+        image=_read(job.photo.image) if job.photo else b"",  # b"": a text-only operation
+        faces=job.photo.face_boxes if job.photo else [],
         request_id=job.request_id,
         reference=_read(job.reference_photo.image) if job.reference_photo else None,
         mask=_read(job.mask) if job.mask else None,
         source_meta={**source.job.vendor_meta, **source.meta, "provider": source.job.provider} if source else {},
-        photo_id=str(job.photo.pk),
+        photo_id=str(job.photo.pk) if job.photo else "",
         sandbox=job.sandbox,
         state=dict(job.vendor_state),
         report=lambda stage, fraction=None: job_report(job.pk, stage, fraction),
@@ -305,7 +342,7 @@ def _record_vendor_report(job: Job, progress: Progress) -> None:
 
 
 def job_rerun(*, owner: Owner, job: Job, params: dict[str, Any]) -> Job:
-    if job.photo is None:
+    if job.photo is None and job.operation_spec and job.operation_spec.inputs.selfie:
         raise ServiceError("The original photo of this job was deleted; upload it again to run it.")
     return job_create(
         owner=owner,
