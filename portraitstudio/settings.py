@@ -206,6 +206,12 @@ PERFECTCORP_POLL_CEILING_MS = env_int("PERFECTCORP_POLL_CEILING_MS", 5000, minim
 PERFECTCORP_RATE_PER_TOKEN = env_int("PERFECTCORP_RATE_PER_TOKEN", 100, minimum=1)  # per 60 s
 PERFECTCORP_RATE_PER_IP = env_int("PERFECTCORP_RATE_PER_IP", 100, minimum=1)  # per 300 s
 PERFECTCORP_JOB_DEADLINE_S = env_int("PERFECTCORP_JOB_DEADLINE_S", 120, minimum=10)
+# Lengths of the two rate-limit windows above, and of the 10-second rule (§1.9.2–1.9.3).
+PERFECTCORP_RATE_WINDOW_TOKEN_S = env_int("PERFECTCORP_RATE_WINDOW_TOKEN_S", 60, minimum=1)
+PERFECTCORP_RATE_WINDOW_IP_S = env_int("PERFECTCORP_RATE_WINDOW_IP_S", 300, minimum=1)
+PERFECTCORP_TASK_LOST_AFTER_S = env_int("PERFECTCORP_TASK_LOST_AFTER_S", 10, minimum=1)
+# Access tokens live 2 hours; refresh well before.
+PERFECTCORP_TOKEN_REFRESH_S = env_int("PERFECTCORP_TOKEN_REFRESH_S", 6600, minimum=60)
 
 # WaveSpeed (vendor-apis.md §2)
 WAVESPEED_BASE_URL = env_url("WAVESPEED_BASE_URL", "https://api.wavespeed.ai")
@@ -214,6 +220,9 @@ WAVESPEED_PORTRAIT_PATH = env_str("WAVESPEED_PORTRAIT_PATH", "wavespeed-ai/portr
 WAVESPEED_CHARACTER_PATH = env_str("WAVESPEED_CHARACTER_PATH", "wavespeed-ai/instant-character")
 WAVESPEED_RESULT_PATH = env_str("WAVESPEED_RESULT_PATH", "/api/v3/predictions/{id}/result")
 WAVESPEED_JOB_DEADLINE_S = env_int("WAVESPEED_JOB_DEADLINE_S", 300, minimum=10)
+# The vendor SDK's upload route [PR]: how InstantCharacter gets a URL of our private photo.
+WAVESPEED_UPLOAD_PATH = env_str("WAVESPEED_UPLOAD_PATH", "/api/v3/media/upload/binary")
+WAVESPEED_POLL_MS = env_int("WAVESPEED_POLL_MS", 1000, minimum=100)  # doubled after the first 10 s
 
 # Vtrix (vendor-apis.md §3)
 VTRIX_BASE_URL = env_url("VTRIX_BASE_URL", "https://cloud.vtrix.ai")
@@ -221,6 +230,8 @@ VTRIX_API_KEY = env_secret("VTRIX_API_KEY", "")
 VTRIX_BODY_MODE = env_str("VTRIX_BODY_MODE", "wrapped")  # or "flat"
 VTRIX_TASK_PATH = env_str("VTRIX_TASK_PATH", "/model/v1/generation/task/{id}")
 VTRIX_JOB_DEADLINE_S = env_int("VTRIX_JOB_DEADLINE_S", 300, minimum=10)
+VTRIX_CREATE_PATH = env_str("VTRIX_CREATE_PATH", "/model/v1/generation")
+VTRIX_POLL_MS = env_int("VTRIX_POLL_MS", 3000, minimum=100)
 # How long the signed URL of an image sent to Vtrix stays valid.
 STUDIO_SIGNED_URL_SECONDS = env_int("STUDIO_SIGNED_URL_SECONDS", 600, minimum=30)
 

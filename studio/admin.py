@@ -1,10 +1,11 @@
+from django import forms
 from django.contrib import admin
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from studio.models import Job, Photo, Result, ShareLink
+from studio.models import Job, Photo, Result, ShareLink, Style, StyleGroup, StyleTemplate
 
 # Photos are private: the public views serve them to their owner only, so the
 # admin gets its own staff-only thumbnail view (wrapped in admin_view below).
@@ -151,3 +152,182 @@ class ShareLinkAdmin(admin.ModelAdmin):
     @admin.display(boolean=True, description="Active")
     def is_active(self, obj):
         return obj.is_active
+
+
+# --- Vendor style catalogues (studio.styles) ------------------------------------
+
+
+@admin.action(description="Sync now from the vendor (all catalogues of the selected rows)")
+def sync_styles_now(modeladmin, request, queryset):
+    from django.contrib import messages
+
+    from studio import styles
+
+    features = sorted({row.feature if isinstance(row, StyleGroup) else row.group.feature for row in queryset})
+    for feature in features or [None]:
+        for report in styles.styles_sync(feature=feature):
+            level = messages.ERROR if report.error else messages.SUCCESS
+            modeladmin.message_user(request, str(report), level)
+
+
+@admin.register(StyleGroup)
+class StyleGroupAdmin(admin.ModelAdmin):
+    list_display = ("name", "feature", "provider", "group_id", "position", "hidden", "available", "synced_at")
+    list_editable = ("hidden",)
+    list_filter = ("provider", "feature", "hidden", "available")
+    search_fields = ("name", "group_id")
+    readonly_fields = ("provider", "feature", "group_id", "name", "position", "available", "synced_at")
+    actions = [sync_styles_now]
+
+
+@admin.register(Style)
+class StyleAdmin(admin.ModelAdmin):
+    list_display = ("preview", "name", "group", "style_id", "featured", "hidden", "available", "synced_at")
+    list_editable = ("featured", "hidden")
+    list_filter = ("group__feature", "featured", "hidden", "available", "group")
+    search_fields = ("name", "style_id", "group__name")
+    readonly_fields = ("preview", "group", "style_id", "name", "position", "vendor_thumb_url", "available", "synced_at")
+    exclude = ("thumbnail", "thumb_width", "thumb_height")
+    list_select_related = ("group",)
+    actions = [sync_styles_now]
+
+    @admin.display(description="Thumbnail")
+    def preview(self, obj):
+        if not obj.thumbnail:
+            return "—"
+        return _thumb(reverse("studio:style_thumbnail", args=[obj.pk]))
+
+
+# --- Style templates (prompt + seed + parameters users pick as cards) -------------
+
+
+def _template_operation_choices():
+    """Catalogue operations a template can drive: those taking a prompt or a seed."""
+    from studio.operations import OPERATIONS
+
+    return [
+        (op.key, f"{op.label} ({op.provider})")
+        for op in OPERATIONS.values()
+        if any(param.name in ("prompt", "seed") for param in op.params)
+    ]
+
+
+class StyleTemplateForm(forms.ModelForm):
+    operation = forms.ChoiceField(choices=_template_operation_choices)
+
+    class Meta:
+        model = StyleTemplate
+        fields = ("name", "slug", "description", "operation", "prompt", "seed", "params", "cover", "active", "order")
+        help_texts = {
+            "seed": "Fixed seed: the same template with the same seed gives the same look for any person. "
+            "Empty: a random seed per run.",
+            "params": "Other parameters as a JSON object, e.g. {\"num_images\": 4}; checked against the "
+            "operation's ranges (see “Parameters” below). Empty: the user's choices.",
+        }
+
+
+@admin.action(description="Preview: run on the sample portrait; the result becomes the cover")
+def preview_templates(modeladmin, request, queryset):
+    from django.contrib import messages
+
+    from studio import services
+
+    for template in queryset:
+        try:
+            job = services.template_preview(template=template, user=request.user)
+        except services.ServiceError as exc:
+            modeladmin.message_user(request, exc.message, messages.ERROR)
+            continue
+        job.refresh_from_db()
+        modeladmin.message_user(
+            request,
+            format_html(
+                "Preview of “{}”: <a href=\"{}\">job {}</a> ({}). The cover is set when it succeeds.",
+                template.name,
+                reverse("admin:studio_job_change", args=[job.pk]),
+                str(job.pk)[:8],
+                job.get_status_display(),
+            ),
+            messages.ERROR if job.status == Job.Status.FAILED else messages.SUCCESS,
+        )
+
+
+@admin.register(StyleTemplate)
+class StyleTemplateAdmin(admin.ModelAdmin):
+    form = StyleTemplateForm
+    list_display = ("cover_thumb", "name", "operation", "seed", "active", "order", "preview_state")
+    list_display_links = ("cover_thumb", "name")
+    list_editable = ("active", "order")
+    list_filter = ("active", "operation")
+    search_fields = ("name", "slug", "prompt", "description")
+    prepopulated_fields = {"slug": ("name",)}
+    readonly_fields = ("cover_preview", "provider", "param_reference", "source_result", "preview_state", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("name", "slug", "description", "active", "order")}),
+        ("Look", {"fields": ("operation", "provider", "prompt", "seed", "params", "param_reference")}),
+        ("Cover", {"fields": ("cover_preview", "cover", "preview_state", "source_result", "updated_at")}),
+    )
+    actions = [preview_templates]
+    list_select_related = ("preview_job",)
+
+    def _cover_url(self, obj):
+        if not obj.cover:
+            return None
+        return f"{reverse('studio:template_cover', args=[obj.slug])}?v={int(obj.updated_at.timestamp())}"
+
+    @admin.display(description="Cover")
+    def cover_thumb(self, obj):
+        return _thumb(self._cover_url(obj))
+
+    @admin.display(description="Cover preview")
+    def cover_preview(self, obj):
+        url = self._cover_url(obj) if obj and obj.pk else None
+        return _thumb(url, 240) if url else "No cover yet: users see a neutral card. Run the “Preview” action."
+
+    @admin.display(description="Preview run")
+    def preview_state(self, obj):
+        job = obj.preview_job
+        if job is None:
+            return "—"
+        text = job.get_status_display() + (f": {job.error_message}" if job.error_message else "")
+        return format_html('<a href="{}">{}</a>', reverse("admin:studio_job_change", args=[job.pk]), text)
+
+    @admin.display(description="Parameters")
+    def param_reference(self, obj):
+        from django.utils.html import format_html_join
+
+        spec = obj.operation_spec if obj and obj.pk else None
+        if spec is None:
+            return "Save once to see the operation's parameters and their ranges."
+        rows = format_html_join(
+            "", "<li><code>{}</code> — {} {}</li>", ((p.name, p.label, p.describe_range()) for p in spec.params)
+        )
+        return format_html("<ul>{}</ul>", rows)
+
+
+@admin.action(description="Save as style template (prompt, seed, parameters)")
+def save_results_as_templates(modeladmin, request, queryset):
+    from django.contrib import messages
+    from django.core.exceptions import ValidationError
+
+    from studio import services
+
+    for result in queryset.select_related("job"):
+        try:
+            template = services.template_save_from_result(result=result)
+        except (services.ServiceError, ValidationError) as exc:
+            text = exc.message if isinstance(exc, services.ServiceError) else " ".join(exc.messages)
+            modeladmin.message_user(request, f"{result}: {text}", messages.ERROR)
+            continue
+        modeladmin.message_user(
+            request,
+            format_html(
+                'Saved <a href="{}">{}</a> (inactive): preview it to make a cover, then activate it.',
+                reverse("admin:studio_styletemplate_change", args=[template.pk]),
+                template.name,
+            ),
+            messages.SUCCESS,
+        )
+
+
+ResultAdmin.actions = [*(ResultAdmin.actions or ()), save_results_as_templates]

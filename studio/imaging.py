@@ -465,6 +465,14 @@ def make_thumbnail(image: Image.Image, long_side: int = THUMB_LONG_SIDE) -> byte
     return encode_jpeg(resize_long_side(image, long_side), quality=THUMB_QUALITY)
 
 
+def make_png_thumbnail(png: bytes, long_side: int = THUMB_LONG_SIDE) -> bytes:
+    """A small PNG preview of a stored (already checked) PNG result, transparency kept."""
+    with Image.open(io.BytesIO(png), formats=["PNG"]) as im:
+        image = im.convert("RGBA") if im.mode not in ("RGB", "RGBA") else im.copy()
+    image.thumbnail((long_side, long_side), Image.Resampling.LANCZOS)
+    return encode_png(image)
+
+
 # --------------------------------------------------------------------------
 # Faces
 # --------------------------------------------------------------------------
@@ -533,3 +541,111 @@ def detect_faces(image: Image.Image) -> list[FaceBox]:
         boxes.append(FaceBox(int(left), int(top), int(right - left), int(bottom - top)))
     boxes.sort(key=lambda b: (-b.w * b.h, b.x, b.y))
     return boxes
+
+
+# --------------------------------------------------------------------------
+# Finished images (results): stored and served without metadata
+# --------------------------------------------------------------------------
+
+# What may remain in a stored file: image data and colour basics, nothing that
+# describes the person, the device, the place or the time.
+_PNG_CLEAN_CHUNKS = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"bKGD"}
+_JPEG_STANDALONE = {0x01, 0xD8, *range(0xD0, 0xD8)}
+
+
+def carries_metadata(data: bytes) -> bool:
+    """True unless ``data`` is a JPEG or PNG with no metadata (EXIF, XMP, ICC, comments, text).
+
+    Anything unusual (another format, bytes after the end of the image, a
+    malformed header) counts as carrying metadata, so it gets re-encoded.
+    """
+    if data.startswith(b"\xff\xd8\xff"):
+        return _jpeg_carries_metadata(data)
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png_carries_metadata(data)
+    return True
+
+
+def _jpeg_carries_metadata(data: bytes) -> bool:
+    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return True  # trailing bytes after the image (e.g. a JPEG+ZIP polyglot)
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return True
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            i += 2
+            continue
+        if marker == 0xDA:  # start of scan: the header is over
+            return False
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        payload = data[i + 4 : i + 2 + length]
+        if marker == 0xFE:  # comment
+            return True
+        if marker == 0xE0 and not (payload.startswith(b"JFIF\x00") and length == 16):
+            return True  # JFXX, or JFIF with an embedded thumbnail
+        if 0xE1 <= marker <= 0xEF and not (marker == 0xEE and payload.startswith(b"Adobe")):
+            return True  # EXIF/XMP (APP1), ICC (APP2), IPTC (APP13), …
+        i += 2 + length
+    return True
+
+
+def _png_carries_metadata(data: bytes) -> bool:
+    i = 8
+    while i + 8 <= len(data):
+        length = int.from_bytes(data[i : i + 4], "big")
+        kind = data[i + 4 : i + 8]
+        if kind not in _PNG_CLEAN_CHUNKS:
+            return True  # tEXt, zTXt, iTXt (XMP), eXIf, iCCP, tIME, …
+        i += 12 + length
+        if kind == b"IEND":
+            return i < len(data.rstrip(b"\x00"))
+    return True
+
+
+def clean_output(data: bytes, *, max_bytes: int = 4 * MAX_UPLOAD_BYTES) -> tuple[bytes, str, Image.Image]:
+    """A finished image as it may be stored and served: (bytes, content type, decoded image).
+
+    A JPEG or PNG without metadata is kept byte for byte (no second lossy
+    encode). Anything else is decoded with the same guards as an upload,
+    turned upright, converted to sRGB and re-encoded with no metadata: PNG
+    when it has transparency (a removed background), JPEG otherwise. The
+    decoded image (for thumbnails) carries no metadata either. Raises
+    ImageRejected when the bytes are not a usable image.
+    """
+    fmt = sniff_format(data)
+    if fmt in ("JPEG", "PNG") and not carries_metadata(data):
+        return data, "image/png" if fmt == "PNG" else "image/jpeg", load_image(data, max_bytes=max_bytes)
+    if _has_alpha(data, fmt):
+        image = _load_rgba(data, fmt, max_bytes)
+        return encode_png(image), "image/png", image
+    image = load_image(data, max_bytes=max_bytes)
+    return encode_jpeg(image, quality=95), "image/jpeg", image
+
+
+def _has_alpha(data: bytes, fmt: str) -> bool:
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, *_DECODE_ERRORS):
+        return False  # load_image will refuse it with the right message
+
+
+def _load_rgba(data: bytes, fmt: str, max_bytes: int) -> Image.Image:
+    if len(data) > max_bytes:
+        raise ImageRejected("This image is too large.")
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            _check_dimensions(*im.size)
+            orientation = _exif_orientation(im)
+            image = _apply_orientation(im.convert("RGBA"), orientation)
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, *_DECODE_ERRORS):
+        raise ImageRejected(_DAMAGED) from None
+    image.info = {}
+    return image

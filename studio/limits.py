@@ -16,15 +16,17 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import time
+from functools import wraps
 
 from django.conf import settings
 from django.core.cache import cache
 
 from studio.errors import UserFacingError
 from studio.models import Job
-from studio.ownership import Owner
+from studio.ownership import Owner, owner_for
 
 WINDOW_SECONDS = 3600
+clock = time.time  # tests move it to the next window
 
 
 class LimitExceeded(UserFacingError):
@@ -59,8 +61,9 @@ def _owner_key(owner: Owner) -> str:
 
 def _hit(kind: str, who: str, limit: int) -> tuple[bool, int]:
     """Count one attempt; (within the limit?, seconds until the window resets)."""
-    window = int(time.time() // WINDOW_SECONDS)
-    retry_after = (window + 1) * WINDOW_SECONDS - int(time.time())
+    now = clock()
+    window = int(now // WINDOW_SECONDS)
+    retry_after = int((window + 1) * WINDOW_SECONDS - now)
     # Hashed: keys stay short and no address or session id sits in the cache table.
     digest = hashlib.sha256(who.encode()).hexdigest()[:32]
     key = f"limit:{kind}:{window}:{digest}"
@@ -114,3 +117,27 @@ def _check(kind, request, owner, per_owner, per_ip, message) -> None:
     ip_ok, _ = _hit(f"{kind}-ip", client_address(request), per_ip)
     if not (owner_ok and ip_ok):
         raise LimitExceeded(message.format(wait=_minutes(retry_after)), retry_after=retry_after)
+
+
+def limited(kind: str):
+    """View decorator: count this request against the `kind` limits ("uploads", "jobs").
+
+    Past a limit the view does not run; the answer is a 429 with a message
+    saying how long to wait (swapped into the page for htmx requests).
+    """
+    from studio.security import refusal
+
+    check = {"uploads": check_upload, "jobs": check_job}[kind]
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            try:
+                check(request, owner_for(request, create=True))
+            except LimitExceeded as exc:
+                return refusal(request, exc.message, status=429, retry_after=exc.retry_after)
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator

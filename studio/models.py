@@ -106,6 +106,10 @@ class Job(OwnedModel):
     # Jobs submitted together (several styles, templates or providers at once) share a batch,
     # which the comparison view shows side by side.
     batch = models.UUIDField(null=True, blank=True, db_index=True)
+    # The style template this job was started from (its name labels the job in comparisons).
+    style_template = models.ForeignKey(
+        "StyleTemplate", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -245,6 +249,8 @@ class StyleTemplate(models.Model):
     active = models.BooleanField(default=True)
     order = models.PositiveIntegerField(default=0)
     source_result = models.ForeignKey(Result, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # The staff "preview" run on the sample portrait; its first result becomes the cover.
+    preview_job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -253,3 +259,104 @@ class StyleTemplate(models.Model):
 
     def __str__(self):
         return self.name
+
+    @property
+    def operation_spec(self):
+        return OPERATIONS.get(self.operation)
+
+    def run_params(self) -> dict:
+        """The parameters a job started from this template gets (prompt and seed included)."""
+        values = dict(self.params)
+        spec = self.operation_spec
+        names = {param.name for param in spec.params} if spec else set()
+        if "prompt" in names and self.prompt:
+            values["prompt"] = self.prompt
+        if "seed" in names and self.seed is not None:
+            values["seed"] = self.seed
+        return values
+
+    def clean(self):
+        """Check the operation and every parameter against the catalogue's ranges."""
+        from django.core.exceptions import ValidationError
+
+        spec = self.operation_spec
+        if spec is None:
+            raise ValidationError({"operation": "Pick an operation from the catalogue."})
+        self.provider = spec.provider
+        names = {param.name for param in spec.params}
+        if not isinstance(self.params, dict):
+            raise ValidationError({"params": "Parameters must be a JSON object, e.g. {\"num_images\": 4}."})
+        errors: dict[str, list[str]] = {}
+        unknown = sorted(set(self.params) - names)
+        if unknown:
+            errors["params"] = [f"{spec.label} has no parameter {name!r}." for name in unknown]
+        for name in ("prompt", "seed"):
+            if name in self.params:
+                errors.setdefault("params", []).append(f"Set {name!r} in its own field, not in the parameters.")
+            if name not in names and getattr(self, name) not in (None, ""):
+                errors.setdefault(name, []).append(f"{spec.label} does not take a {name}.")
+        _, param_errors = spec.clean_params(self.run_params())
+        for name, message in param_errors.items():
+            field = name if name in ("prompt", "seed") else "params"
+            errors.setdefault(field, []).append(message)
+        if errors:
+            raise ValidationError(errors)
+
+
+# --- Vendor style catalogues (Perfect Corp hairstyles, wigs, …; studio.styles) ---------
+
+
+def _style_thumb_path(instance, filename):
+    return f"styles/{instance.group.provider}/{instance.group.feature}/{filename}"
+
+
+class StyleGroup(models.Model):
+    """A vendor's group of styles within one catalogue (e.g. "Women", "Short")."""
+
+    provider = models.CharField(max_length=30)
+    feature = models.CharField(max_length=40, help_text="The vendor's catalogue, e.g. hair-style.")
+    # Vendor ids exceed 2**53: stored and sent as the exact digit string.
+    group_id = models.CharField(max_length=32)
+    name = models.CharField(max_length=120)
+    position = models.PositiveIntegerField(default=0, help_text="Order in the vendor's list.")
+    hidden = models.BooleanField(default=False, help_text="Hide the whole group from users.")
+    available = models.BooleanField(default=True, help_text="Still listed by the vendor at the last sync.")
+    synced_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["provider", "feature", "position", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "feature", "group_id"], name="unique_style_group")
+        ]
+
+    def __str__(self):
+        return f"{self.feature}: {self.name}"
+
+
+class Style(models.Model):
+    """One vendor style users can pick, with its thumbnail cached on our storage."""
+
+    group = models.ForeignKey(StyleGroup, on_delete=models.CASCADE, related_name="styles")
+    style_id = models.CharField(max_length=32, db_index=True)
+    name = models.CharField(max_length=120)
+    position = models.PositiveIntegerField(default=0)
+    thumbnail = models.FileField(upload_to=_style_thumb_path, blank=True)
+    thumb_width = models.PositiveIntegerField(default=0)
+    thumb_height = models.PositiveIntegerField(default=0)
+    # Where the vendor serves the thumbnail; only the sync reads it, browsers never do.
+    vendor_thumb_url = models.URLField(max_length=1000, blank=True)
+    hidden = models.BooleanField(default=False, help_text="Hide from users.")
+    featured = models.BooleanField(default=False, help_text="Show first.")
+    available = models.BooleanField(default=True, help_text="Still listed by the vendor at the last sync.")
+    synced_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["group", "-featured", "position", "name"]
+        constraints = [models.UniqueConstraint(fields=["group", "style_id"], name="unique_style_in_group")]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def offered(self) -> bool:
+        return self.available and not self.hidden and self.group.available and not self.group.hidden

@@ -29,7 +29,7 @@ class ParamError(UserFacingError, ValueError):
 class Param:
     name: str
     label: str
-    kind: str  # "float" | "int" | "choice" | "text" | "bool"
+    kind: str  # "float" | "int" | "choice" | "text" | "bool" | "style"
     default: Any
     minimum: float | None = None
     maximum: float | None = None
@@ -37,11 +37,22 @@ class Param:
     choices: tuple[tuple[str, str], ...] = ()
     help: str = ""
     max_length: int = 500
+    # kind "style": the vendor catalogue (feature name) whose styles are offered;
+    # the styles themselves live in the database (studio.styles), not here.
+    catalogue: str = ""
+    multiple: bool = False  # "style": several may be picked, one job each
 
     def clean(self, raw: Any) -> Any:
         """Turn a submitted value into a valid one, or raise ParamError."""
         if raw is None or raw == "":
             return self.default
+        if self.kind == "style":
+            # Vendor ids exceed 2**53: kept as the exact digit string, never a number.
+            # Whether the style exists (and is offered) is checked against the database.
+            text = str(raw).strip()
+            if not (text.isascii() and text.isdigit() and len(text) <= 30):
+                raise ParamError(f"Pick one of the offered options for {self.label}.")
+            return text
         if self.kind in ("float", "int"):
             try:
                 value = float(raw) if self.kind == "float" else int(str(raw).strip())
@@ -92,9 +103,16 @@ class InputLimits:
     max_faces: int | None = None
     min_face_width: int | None = None  # in pixels of the stored photo
 
-    def problems(self, *, faces: list[FaceBox], source_format: str) -> list[str]:
-        """Why a photo cannot be used, as messages telling the user what to do."""
+    def problems(self, *, faces: list[FaceBox], source_format: str, long_side: int | None = None) -> list[str]:
+        """Why a photo cannot be used, as messages telling the user what to do.
+
+        `long_side` (the stored photo's) lets the face-width check account for
+        the automatic reduction to `max_long_side` the face will go through.
+        """
         found: list[str] = []
+        shrink = 1.0
+        if long_side and self.max_long_side and long_side > self.max_long_side:
+            shrink = self.max_long_side / long_side
         if source_format not in self.formats:
             names = ", ".join(sorted(self.formats))
             found.append(f"This operation takes {names} photos; please upload one of those.")
@@ -108,9 +126,9 @@ class InputLimits:
                 f"This photo shows {len(faces)} faces; this operation needs exactly one person. "
                 "Crop the photo to one person or pick another photo."
             )
-        elif self.min_face_width and faces and faces[0].w < self.min_face_width:
+        elif self.min_face_width and faces and int(faces[0].w * shrink) < self.min_face_width:
             found.append(
-                f"The face is too small ({faces[0].w} px wide; at least {self.min_face_width} px "
+                f"The face is too small ({int(faces[0].w * shrink)} px wide; at least {self.min_face_width} px "
                 "needed). Move closer to the camera or crop the photo around the face."
             )
         return found
@@ -135,7 +153,8 @@ class Operation:
     limits: InputLimits = field(default_factory=InputLimits)
     outputs: int = 1
     output_format: str = "JPEG"
-    icon: str = "✨"
+    # A symbol name in static/studio/icons.svg (e.g. "hair"); any other text is shown as it is.
+    icon: str = "sparkle"
 
     def param(self, name: str) -> Param:
         for param in self.params:
@@ -178,7 +197,7 @@ LOCAL_OPERATIONS = (
         "while keeping detail, and sharpens lightly.",
         provider="local",
         params=(STRENGTH,),
-        icon="🪄",
+        icon="retouch",
     ),
     Operation(
         key="headshot_crop",
@@ -201,7 +220,7 @@ LOCAL_OPERATIONS = (
             ),
         ),
         limits=InputLimits(min_faces=1, max_faces=1),
-        icon="🖼️",
+        icon="crop",
     ),
     Operation(
         key="background_blur",
@@ -221,17 +240,308 @@ LOCAL_OPERATIONS = (
             ),
         ),
         limits=InputLimits(min_faces=1),
-        icon="🌫️",
+        icon="blur",
     ),
 )
 
 # --- Perfect Corp (vendor-apis.md §1) ---------------------------------------------
-PERFECTCORP_OPERATIONS: tuple[Operation, ...] = ()
+# Limits from the vendor page's "Supported Formats & Dimensions" table (§1.9.1).
+# Every stored photo is a normalized JPEG, which every feature accepts, so the
+# source format never refuses a photo; oversized photos are reduced by the
+# adapter, so `max_long_side` only informs the face-width check.
+_PC_MAX_BYTES = 10 * 1024 * 1024  # "< 10MB" for every feature
+# Hair features: long side <= 1024, face width >= 128 px, one person.
+_PC_HAIR_LIMITS = InputLimits(
+    max_long_side=1024, max_bytes=_PC_MAX_BYTES, min_faces=1, max_faces=1, min_face_width=128
+)
+_PC_EDIT_LIMITS = InputLimits(max_long_side=4096, max_bytes=_PC_MAX_BYTES)
+
+
+def _pc_style(catalogue: str, label: str, *, multiple: bool = True) -> Param:
+    """A pick from one of Perfect Corp's style catalogues (synced by studio.styles)."""
+    return Param(
+        "style_id",
+        label,
+        "style",
+        "",
+        catalogue=catalogue,
+        multiple=multiple,
+        help="Pick one or several; each style gives its own result." if multiple else "",
+    )
+
+
+def _pc_hair(key: str, feature: str, label: str, style_label: str, summary: str, icon: str) -> Operation:
+    return Operation(
+        key=key,
+        label=label,
+        summary=summary,
+        provider="perfectcorp",
+        params=(_pc_style(feature, style_label),),
+        limits=_PC_HAIR_LIMITS,
+        icon=icon,
+    )
+
+
+PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
+    _pc_hair(
+        "pc_hairstyle",
+        "hair-style",
+        "Hairstyle try-on",
+        "Hairstyle",
+        "See yourself with a new haircut: pick one or several styles from the catalogue.",
+        "💇",
+    ),
+    _pc_hair(
+        "pc_wig",
+        "wig",
+        "Wig try-on",
+        "Wig",
+        "Try long, short and medium wigs, straight to coily, before you buy one.",
+        "👱",
+    ),
+    _pc_hair(
+        "pc_hair_extension",
+        "hair-ext",
+        "Hair extensions",
+        "Extension",
+        "Preview longer hair with extensions in several lengths.",
+        "🧶",
+    ),
+    _pc_hair(
+        "pc_bangs",
+        "hair-bang",
+        "Bangs",
+        "Bangs style",
+        "Try fringes and bangs on your own hair.",
+        "✂️",
+    ),
+    _pc_hair(
+        "pc_hair_volume",
+        "hair-vol",
+        "Hair volume",
+        "Volume",
+        "Fuller, denser hair: fills thin spots and adds natural volume.",
+        "🌬️",
+    ),
+    Operation(
+        key="pc_aging",
+        label="Aging series",
+        summary="One selfie, a series of you at different ages, from young to old.",
+        provider="perfectcorp",
+        # Not on the vendor page; newer vendor docs ask for one person (§1.9.1 [PR]).
+        limits=InputLimits(max_long_side=4096, max_bytes=_PC_MAX_BYTES, min_faces=1, max_faces=1),
+        outputs=1,  # at least; the engine decides how many ages the series has
+        icon="⏳",
+    ),
+    Operation(
+        key="pc_makeup_transfer",
+        label="Makeup transfer",
+        summary="Copy the makeup look from any photo onto your face.",
+        provider="perfectcorp",
+        inputs=Inputs(reference_label="Photo with the look to copy"),
+        limits=InputLimits(max_long_side=1024, max_bytes=_PC_MAX_BYTES, min_faces=1, max_faces=1),
+        icon="💄",
+    ),
+    Operation(
+        key="pc_object_removal",
+        label="Object removal",
+        summary="Paint over what should go (a stranger, a sign, a stain); it is filled in naturally.",
+        provider="perfectcorp",
+        inputs=Inputs(mask=True),
+        limits=_PC_EDIT_LIMITS,
+        icon="🧽",
+    ),
+    Operation(
+        key="pc_colorize",
+        label="Colorize",
+        summary="Brings black-and-white and faded photos back to colour.",
+        provider="perfectcorp",
+        limits=_PC_EDIT_LIMITS,
+        icon="🎨",
+    ),
+    Operation(
+        key="pc_background_removal",
+        label="Background removal",
+        summary="Cuts you out: a PNG with a transparent background.",
+        provider="perfectcorp",
+        limits=_PC_EDIT_LIMITS,
+        output_format="PNG",
+        icon="✂",
+    ),
+    Operation(
+        key="pc_enhance",
+        label="Photo enhance",
+        summary="Sharpens, denoises and fixes colours; optionally upscales 2× or 4×.",
+        provider="perfectcorp",
+        params=(
+            Param(
+                "scale",
+                "Scale",
+                "choice",
+                "1",
+                choices=(("1", "1× (same size)"), ("2", "2×"), ("4", "4×")),
+                help="1× restores detail at the same size; 2× and 4× also enlarge.",
+            ),
+        ),
+        limits=_PC_EDIT_LIMITS,
+        icon="🔍",
+    ),
+    Operation(
+        key="pc_image_generator",
+        label="Image generator",
+        summary="Describe a picture and pick a style; no photo needed.",
+        provider="perfectcorp",
+        params=(
+            Param(
+                "prompt",
+                "Describe the picture",
+                "text",
+                "",
+                max_length=1000,
+                help="What should be in it, e.g. “studio portrait of a ceramic fox, soft window light”.",
+            ),
+            _pc_style("text-to-image", "Style", multiple=False),
+        ),
+        # prompt_label: the prompt is required (job_inputs checks it).
+        inputs=Inputs(selfie=False, prompt_label="Describe the picture"),
+        limits=InputLimits(),
+        icon="🖌️",
+    ),
+)
 
 # --- Headshot API (§4), WaveSpeed (§2), Vtrix (§3) --------------------------------
-HEADSHOT_OPERATIONS: tuple[Operation, ...] = ()
-WAVESPEED_OPERATIONS: tuple[Operation, ...] = ()
-VTRIX_OPERATIONS: tuple[Operation, ...] = ()
+_MB = 1024 * 1024
+
+
+def _seed(minimum: int) -> Param:
+    """A vendor seed: empty picks a random one, which is reported on every result."""
+    return Param(
+        "seed",
+        "Seed",
+        "int",
+        None,
+        minimum=minimum,
+        maximum=2**31 - 1,
+        help="Same seed and settings give the same picture. Leave empty for a random one; "
+        "the seed used is shown with each result.",
+    )
+
+
+def _prompt(label: str, default: str = "", help: str = "") -> Param:
+    return Param("prompt", label, "text", default, max_length=1000, help=help)
+
+
+HEADSHOT_OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        key="ai_headshot",
+        label="AI headshot",
+        summary="Professional headshots of you in a style from the template library; the same "
+        "template gives everyone the same look.",
+        provider="headshot",
+        params=(
+            # The template's prompt and seed travel in "prompt" and "seed" (§4.2 "Templates").
+            Param("template", "Style template", "text", "", max_length=80),
+            _prompt("Prompt", help="Filled in from the template; edit it to make your own look."),
+            _seed(1),  # the page: "integer > 0", −1 = random
+            Param("num_images", "Number of images", "int", 1, minimum=1, maximum=8, step=1),
+            Param(
+                "identity_scale",
+                "Identity strength",
+                "float",
+                0.8,
+                minimum=0.0,
+                maximum=1.0,
+                step=0.05,
+                help="Higher keeps more of your own features.",
+            ),
+            Param(
+                "size",
+                "Output size",
+                "choice",
+                "3:4",
+                choices=(("3:4", "3:4 (768×1024)"), ("1:1", "1:1 (768×768)"), ("custom", "Custom")),
+            ),
+            Param("width", "Width (custom)", "int", 768, minimum=512, maximum=2024, step=8),
+            Param("height", "Height (custom)", "int", 1024, minimum=512, maximum=2024, step=8),
+        ),
+        inputs=Inputs(prompt_label="Describe the look (or pick a template)"),
+        # The vendor documents no input limits; ours (§4.5 [EMU]): one face, ≤ 5 MB, ≤ 2048 px.
+        limits=InputLimits(max_long_side=2048, max_bytes=5 * _MB, min_faces=1, max_faces=1),
+        icon="👔",
+    ),
+)
+
+# WaveSpeed documents no input limits; ours (§2.5 [EMU]): ≤ 10 MB, long side ≤ 2048.
+WAVESPEED_OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        key="ws_portrait",
+        label="Portrait enhance",
+        summary="Tell it what to change (light, skin, mood) and it retouches your portrait.",
+        provider="wavespeed",
+        params=(
+            _prompt("Edit instruction", "Flattering soft light, even skin tone, natural look"),
+            _seed(0),  # −1 … 2147483647 on the page; −1 is our empty
+        ),
+        inputs=Inputs(prompt_label="Edit instruction"),
+        limits=InputLimits(max_long_side=2048, max_bytes=10 * _MB, min_faces=1),
+        icon="💫",
+    ),
+    Operation(
+        key="ws_character",
+        label="Character",
+        summary="You as a character in any scene: describe the action, mood and setting.",
+        provider="wavespeed",
+        params=(
+            _prompt("Scene", "Waving from a sunny beach, cheerful, colourful cartoon style"),
+            Param("width", "Width", "int", 1024, minimum=256, maximum=1536, step=8),
+            Param("height", "Height", "int", 1024, minimum=256, maximum=1536, step=8),
+            _seed(0),
+        ),
+        inputs=Inputs(prompt_label="Action, mood and setting"),
+        limits=InputLimits(max_long_side=2048, max_bytes=10 * _MB, min_faces=1, max_faces=1),
+        icon="🦸",
+    ),
+)
+
+
+def _tenths(name: str, label: str, default: float, help: str) -> Param:
+    return Param(name, label, "float", default, minimum=0.0, maximum=1.0, step=0.1, help=help)
+
+
+VTRIX_OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        key="vtrix_spark_portrait",
+        label="Spark portrait",
+        summary="HD face, skin beautification and even skin tone, each on its own slider.",
+        provider="vtrix",
+        params=(
+            _tenths("gpen", "HD face", 0.4, "Higher gives a clearer, sharper face."),
+            _tenths("skin", "Skin beautification", 0.3, "Higher smooths the skin more."),
+            _tenths("skin_unifi", "Skin uniformity", 0.0, "Higher evens the skin tone and hides blemishes."),
+            Param(
+                "gen_mode",
+                "Reference mode",
+                "choice",
+                "auto",
+                choices=(
+                    ("auto", "Automatic (creative with a prompt, else reference)"),
+                    ("creative", "Creative: follow the prompt"),
+                    ("reference", "Reference: keep you and your background"),
+                    ("reference_char", "Character: keep you, new background"),
+                ),
+            ),
+            _prompt("Prompt (optional)"),
+            Param("width", "Width", "int", 1328, minimum=512, maximum=2048, step=8),
+            Param("height", "Height", "int", 1328, minimum=512, maximum=2048, step=8),
+            _seed(1),  # "the same positive integer"
+        ),
+        inputs=Inputs(prompt_label="Prompt (optional)"),
+        # The vendor page: JPG/PNG (we always send our normalized JPEG), ≤ 5 MB,
+        # ≤ 4096 × 4096, exactly one face.
+        limits=InputLimits(max_long_side=4096, max_bytes=5 * _MB, min_faces=1, max_faces=1),
+        icon="✨",
+    ),
+)
 
 _CATALOGUE = (
     *LOCAL_OPERATIONS,

@@ -8,8 +8,10 @@ claim a job, and every failure ends in a terminal state with a message.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -17,10 +19,11 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from django.utils.text import slugify
 
 from studio import imaging
 from studio.errors import UserFacingError
-from studio.models import Job, Photo, Result, ShareLink
+from studio.models import Job, Photo, Result, ShareLink, StyleTemplate
 from studio.operations import Operation
 from studio.ownership import Owner
 from studio.vendors.base import JobInput, Output, Progress, VendorError, get_provider
@@ -91,6 +94,7 @@ def job_create(
     mask: bytes | None = None,
     rerun_of: Job | None = None,
     batch: uuid.UUID | None = None,
+    style_template=None,
 ) -> Job:
     """Queue a job and enqueue its task once the row is committed."""
     provider = get_provider(operation.provider)
@@ -117,6 +121,7 @@ def job_create(
         request_id=uuid.uuid4().hex,
         rerun_of=rerun_of,
         batch=batch,
+        style_template=style_template,
         stage="Waiting for a worker",
     )
     if mask is not None:
@@ -129,11 +134,13 @@ def job_create_batch(
     *,
     owner: Owner,
     photo: Photo | None,
-    runs: list[tuple[Operation, dict[str, Any]]],
+    runs: list[tuple],
     reference_photo: Photo | None = None,
     mask: bytes | None = None,
 ) -> list[Job]:
     """Several jobs from one submission (several styles, templates or providers).
+
+    Each run is (operation, params) or (operation, params, style_template).
 
     All or nothing: if any run is refused (unavailable vendor, photo limits),
     no job is created and the first refusal is raised.
@@ -151,8 +158,9 @@ def job_create_batch(
                 reference_photo=reference_photo,
                 mask=mask,
                 batch=batch,
+                style_template=template[0] if template else None,
             )
-            for operation, params in runs
+            for operation, params, *template in runs
         ]
 
 
@@ -244,21 +252,26 @@ def _store_outputs(job: Job, outputs: list[Output]) -> None:
 def _store_output(job: Job, index: int, output: Output) -> list:
     """Save one output as a Result; returns the file fields it wrote."""
     try:
-        image = imaging.load_image(output.data)
+        # Untrusted until decoded; stored upright and without any metadata.
+        data, content_type, image = imaging.clean_output(output.data)
     except imaging.ImageRejected:
         raise VendorError("The service returned a damaged image. Please try again.", permanent=False) from None
     result = Result(
         job=job,
         index=index,
-        content_type=output.content_type,
+        content_type=content_type,
         width=image.width,
         height=image.height,
         label=output.label,
         meta=output.meta,
     )
-    name = f"{index + 1}.{'png' if output.content_type == 'image/png' else 'jpg'}"
-    result.image.save(name, ContentFile(output.data), save=False)
-    result.thumbnail.save(f"{index + 1}-thumb.jpg", ContentFile(imaging.make_thumbnail(image)), save=False)
+    name = f"{index + 1}.{'png' if content_type == 'image/png' else 'jpg'}"
+    result.image.save(name, ContentFile(data), save=False)
+    if content_type == "image/png":
+        # A cut-out keeps its transparency in the thumbnail too (shown on a checkerboard).
+        result.thumbnail.save(f"{index + 1}-thumb.png", ContentFile(imaging.make_png_thumbnail(data)), save=False)
+    else:
+        result.thumbnail.save(f"{index + 1}-thumb.jpg", ContentFile(imaging.make_thumbnail(image)), save=False)
     result.save()
     return [result.image, result.thumbnail]
 
@@ -276,6 +289,9 @@ def job_run(job_id) -> None:
     except Exception:
         log.exception("job %s crashed", job.pk)
         job_mark_failed(job.pk, GENERIC_FAILURE)
+    else:
+        # A staff preview of a style template: its result becomes the template's cover.
+        template_cover_from_preview(job.pk)
 
 
 def _read(field) -> bytes:
@@ -306,8 +322,9 @@ def _run_claimed(job: Job) -> None:
         state=dict(job.vendor_state),
         report=lambda stage, fraction=None: job_report(job.pk, stage, fraction),
         save_state_callback=lambda state: Job.objects.filter(pk=job.pk).update(vendor_state=state),
+        deadline=job.created_at.timestamp() + settings.STUDIO_JOB_DEADLINE_SECONDS,
     )
-    deadline = job.created_at.timestamp() + settings.STUDIO_JOB_DEADLINE_SECONDS
+    deadline = job_input.deadline
     progress: Progress | None = None
     if job.vendor_task_id:
         job_report(job.pk, "Resuming", None)
@@ -376,15 +393,16 @@ def result_delete(*, result: Result) -> None:
         job.delete()
 
 
-def share_enable(*, result: Result, show_before: bool = False) -> ShareLink:
-    """The active share link of a result, created if there is none."""
+def share_enable(*, result: Result, show_before: bool = False, expires_at=None) -> ShareLink:
+    """The active share link of a result, created if there is none (optionally expiring)."""
     with transaction.atomic():
         link = next((link for link in result.share_links.all() if link.is_active), None)
         if link is None:
-            link = ShareLink.objects.create(result=result, show_before=show_before)
-        elif link.show_before != show_before:
+            link = ShareLink.objects.create(result=result, show_before=show_before, expires_at=expires_at)
+        elif link.show_before != show_before or link.expires_at != expires_at:
             link.show_before = show_before
-            link.save(update_fields=["show_before"])
+            link.expires_at = expires_at
+            link.save(update_fields=["show_before", "expires_at"])
     return link
 
 
@@ -402,3 +420,227 @@ def owner_adopt_visitor_work(*, user, visitor_id: str) -> int:
             owner_user=user, owner_visitor=""
         )
     return moved
+
+
+# --- Privacy: retention and deleting everything ----------------------------------
+
+
+def _job_snapshot(job: Job) -> dict[str, Any]:
+    """What a provider needs to delete its copies of a job, after our rows are gone."""
+    return {
+        "id": str(job.pk),
+        "provider": job.provider,
+        "operation": job.operation,
+        "sandbox": job.sandbox,
+        "vendor_task_id": job.vendor_task_id,
+        "vendor_state": job.vendor_state,
+        "vendor_meta": job.vendor_meta,
+        "request_id": job.request_id,
+    }
+
+
+def _enqueue_remote_deletion(jobs) -> None:
+    """Ask vendors (in the background) to delete their copies of these jobs' files.
+
+    Vendor calls never run inside a web request or a database transaction;
+    the task gets snapshots, because the rows may be gone when it runs.
+    """
+    snapshots = [
+        _job_snapshot(job) for job in jobs if _remote_provider(job.provider) and (job.vendor_task_id or job.vendor_state)
+    ]
+    if not snapshots:
+        return
+
+    def enqueue():
+        from django_q.tasks import async_task
+
+        async_task("studio.tasks.delete_remote_copies", snapshots, task_name="delete-remote-copies", group="privacy")
+
+    transaction.on_commit(enqueue)
+
+
+def _remote_provider(key: str):
+    """The provider behind a job if the photo went off this server, else None."""
+    from studio.vendors.base import PROVIDERS
+
+    if key not in PROVIDERS:
+        return None  # no longer configured: nothing we could call
+    provider = get_provider(key)
+    return None if provider.runs_locally else provider
+
+
+def remote_copies_delete(snapshots: list[dict[str, Any]]) -> int:
+    """Call each provider's delete_remote for job snapshots; returns how many failed.
+
+    A vendor that is down does not stop the others; the failure is logged
+    without the vendor's answer (it could echo credentials).
+    """
+    failed = 0
+    for snap in snapshots:
+        job = Job(
+            pk=snap["id"],
+            provider=snap["provider"],
+            operation=snap["operation"],
+            sandbox=snap.get("sandbox", False),
+            vendor_task_id=snap.get("vendor_task_id", ""),
+            vendor_state=snap.get("vendor_state") or {},
+            vendor_meta=snap.get("vendor_meta") or {},
+            request_id=snap.get("request_id", ""),
+        )
+        provider = _remote_provider(job.provider)
+        if provider is None:
+            continue
+        try:
+            provider.delete_remote(job)
+        except Exception as exc:  # noqa: BLE001 - one vendor must not block the rest
+            failed += 1
+            log.warning("deleting %s's copies of job %s failed: %s", job.provider, job.pk, type(exc).__name__)
+    return failed
+
+
+def _drop_vendor_copies(jobs) -> None:
+    """Delete the local files made only to send to a vendor (masks) of these jobs."""
+    for job in jobs:
+        if job.mask:
+            name, storage = job.mask.name, job.mask.storage
+            Job.objects.filter(pk=job.pk).update(mask="")
+            transaction.on_commit(lambda storage=storage, name=name: storage.delete(name))
+
+
+def photos_purge_expired(*, now=None, batch: int = 200) -> int:
+    """Delete photos past retention, with their vendor-bound copies; results stay.
+
+    Idempotent and safe to run in several processes at once: each photo is
+    re-checked inside its own transaction, so one that another purge already
+    deleted, or that a new job just started using, is skipped.
+    """
+    from studio import retention
+
+    purged = 0
+    for pk in list(retention.expired_photos(now).values_list("pk", flat=True)[:batch]):
+        with transaction.atomic():
+            photo = retention.expired_photos(now).select_for_update().filter(pk=pk).first()
+            if photo is None:
+                continue
+            jobs = list(Job.objects.filter(Q(photo=photo) | Q(reference_photo=photo)))
+            _drop_vendor_copies(jobs)
+            _enqueue_remote_deletion(jobs)
+            photo.delete()  # files go after commit (signals.py)
+            purged += 1
+    if purged:
+        log.info("retention: deleted %d photo(s)", purged)
+    return purged
+
+
+def owner_delete_everything(*, owner: Owner) -> dict[str, int]:
+    """Delete all of an owner's photos, results, share links and jobs, files included.
+
+    Vendors that offer deletion are asked to delete their copies too (in the
+    background, after this commits). Returns what was deleted, for the message.
+    """
+    with transaction.atomic():
+        jobs = list(Job.objects.filter(owner.q()))
+        results = Result.objects.filter(job__in=[job.pk for job in jobs])
+        counts = {
+            "photos": Photo.objects.filter(owner.q()).count(),
+            "jobs": len(jobs),
+            "results": results.count(),
+            "shares": ShareLink.objects.filter(result__in=results).count(),
+        }
+        _enqueue_remote_deletion(jobs)
+        # Rows one by one through the ORM, so every file is deleted by its post_delete handler.
+        ShareLink.objects.filter(result__in=results).delete()
+        results.delete()
+        Job.objects.filter(pk__in=[job.pk for job in jobs]).delete()
+        Photo.objects.filter(owner.q()).delete()
+    return counts
+
+
+# --- Style templates (saved prompt + seed + parameters) ------------------------------
+
+SAMPLE_PORTRAIT = Path(__file__).resolve().parent / "assets" / "sample-portrait.jpg"
+COVER_LONG_SIDE = 640
+SEED_MAX = 2_147_483_647  # every vendor that takes a seed accepts 1 … 2^31 − 1
+
+
+def seed_pick() -> int:
+    """A random seed chosen here, so it can be shown (and locked) before the job runs."""
+    return secrets.randbelow(SEED_MAX) + 1
+
+
+def _unique_template_slug(name: str) -> str:
+    base = slugify(name)[:70] or "template"
+    slug, n = base, 2
+    while StyleTemplate.objects.filter(slug=slug).exists():
+        slug, n = f"{base}-{n}", n + 1
+    return slug
+
+
+def template_save_from_result(*, result: Result, name: str = "") -> StyleTemplate:
+    """A new (inactive) template with the prompt, seed and parameters that made `result`.
+
+    The result image itself is not used as the cover: it shows a user's face.
+    Staff make the cover with the preview action, which runs on the sample portrait.
+    """
+    job = result.job
+    if job.operation_spec is None:
+        raise ServiceError("This result's operation is no longer offered.")
+    params = {k: v for k, v in job.params.items() if k not in ("prompt", "seed")}
+    seed = result.meta.get("seed", job.params.get("seed"))
+    name = (name or "").strip()[:80] or f"{job.operation_label} {str(result.pk)[:6]}"
+    template = StyleTemplate(
+        name=name,
+        slug=_unique_template_slug(name),
+        operation=job.operation,
+        provider=job.provider,
+        prompt=str(job.params.get("prompt") or ""),
+        seed=int(seed) if seed not in (None, "", -1) else None,
+        params=params,
+        active=False,  # staff check it (and make a cover) before users see it
+        source_result=result,
+    )
+    template.full_clean()
+    template.save()
+    return template
+
+
+def template_preview(*, template: StyleTemplate, user) -> Job:
+    """Run the template on the sample portrait as `user`; the result becomes its cover."""
+    op = template.operation_spec
+    if op is None:
+        raise ServiceError(f"{template.name}: its operation is no longer offered.")
+    params, errors = op.clean_params(template.run_params())
+    if errors:
+        raise ServiceError(f"{template.name}: " + " ".join(errors.values()))
+    owner = Owner(user_id=user.pk)
+    with transaction.atomic():  # the link is committed before the job can run (on_commit)
+        photo = None
+        if op.inputs.selfie:
+            photo = photo_create(owner=owner, data=SAMPLE_PORTRAIT.read_bytes(), filename="sample-portrait.jpg")
+        job = job_create(owner=owner, photo=photo, operation=op, params=params, style_template=template)
+        StyleTemplate.objects.filter(pk=template.pk).update(preview_job=job)
+        template.preview_job = job
+    return job
+
+
+def template_cover_from_preview(job_id) -> bool:
+    """If this finished job is a template preview, make its first safe result the cover."""
+    template = StyleTemplate.objects.filter(preview_job_id=job_id).first()
+    if template is None:
+        return False
+    results = Result.objects.filter(job_id=job_id, job__status=Job.Status.SUCCEEDED).order_by("index")
+    result = next((r for r in results if not r.meta.get("nsfw")), None)
+    if result is None:
+        return False
+    image = imaging.load_image(_read(result.image))
+    old = template.cover.name if template.cover else ""
+    template.cover.save(
+        f"cover-{str(job_id)[:8]}.jpg",
+        ContentFile(imaging.encode_jpeg(imaging.resize_long_side(image, COVER_LONG_SIDE), quality=85)),
+        save=False,
+    )
+    StyleTemplate.objects.filter(pk=template.pk).update(cover=template.cover.name)
+    if old and old != template.cover.name:
+        storage = template.cover.storage
+        transaction.on_commit(lambda: storage.delete(old))
+    return True

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth.signals import user_logged_in
 from django.db import transaction
 from django.db.models.signals import post_delete, post_migrate
 from django.dispatch import receiver
 
-from studio.models import Photo, Result
+from studio.models import Job, Photo, Result
 from studio.ownership import VISITOR_SESSION_KEY
 
 
@@ -29,6 +30,11 @@ def photo_files_delete(sender, instance, **kwargs):
 @receiver(post_delete, sender=Result)
 def result_files_delete(sender, instance, **kwargs):
     _delete_files_on_commit(instance.image, instance.thumbnail)
+
+
+@receiver(post_delete, sender=Job)
+def job_files_delete(sender, instance, **kwargs):
+    _delete_files_on_commit(instance.mask)  # a painted mask, made to send to a vendor
 
 
 @receiver(user_logged_in)
@@ -55,4 +61,19 @@ def ensure_schedules(sender, app_config=None, **kwargs):
             "minutes": 1,
             "repeats": -1,
         },
+    )
+    # Retention: photos past STUDIO_RETENTION_HOURS go (services.photos_purge_expired).
+    Schedule.objects.update_or_create(
+        name="purge-expired-photos",
+        defaults={
+            "func": "studio.tasks.purge_expired_photos",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": settings.STUDIO_PURGE_EVERY_MINUTES,
+            "repeats": -1,
+        },
+    )
+    # Vendor style catalogues change rarely; once a day keeps the vendor's rate limit free (studio.styles).
+    Schedule.objects.update_or_create(
+        name="sync-styles",
+        defaults={"func": "studio.tasks.sync_styles", "schedule_type": Schedule.DAILY, "repeats": -1},
     )

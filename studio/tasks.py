@@ -31,3 +31,18 @@ def run_job_finished(task) -> None:
 
 def sweep_stale_jobs() -> int:
     return services.jobs_sweep_stale()
+
+
+def purge_expired_photos() -> int:
+    return services.photos_purge_expired()
+
+
+def delete_remote_copies(snapshots: list) -> int:
+    return services.remote_copies_delete(snapshots)
+
+
+def sync_styles() -> str:
+    """Daily: refresh the vendor style catalogues (studio.styles)."""
+    from studio import styles
+
+    return styles.sync_summary(styles.styles_sync())

@@ -1,6 +1,9 @@
-from django.urls import path
+from django.urls import include, path
 
-from studio import views
+from studio import views, views_compare
+from studio import notifications
+
+from studio import signed_media  # the signed photo links for vendors (Vtrix)
 
 app_name = "studio"
 
@@ -10,6 +13,7 @@ urlpatterns = [
     path("photos/<uuid:photo_id>/image", views.photo_image, name="photo_image"),
     path("photos/<uuid:photo_id>/delete", views.photo_delete, name="photo_delete"),
     path("jobs/", views.job_create, name="job_create"),
+    path("jobs/finished", notifications.finished_feed, name="jobs_finished"),
     path("jobs/<uuid:job_id>/", views.job_detail, name="job"),
     path("jobs/<uuid:job_id>/status", views.job_status, name="job_status"),
     path("jobs/<uuid:job_id>/delete", views.job_delete, name="job_delete"),
@@ -21,6 +25,17 @@ urlpatterns = [
     path("results/<uuid:result_id>/delete", views.result_delete, name="result_delete"),
     path("results/<uuid:result_id>/chain", views.result_chain, name="result_chain"),
     path("results/<uuid:result_id>/share", views.result_share, name="result_share"),
+    # Style templates, seeds and comparisons (views_compare.py)
+    path("compare/<uuid:batch>/", views_compare.compare, name="compare"),
+    path("results/<uuid:result_id>/reseed", views_compare.result_reseed, name="result_reseed"),
+    path("results/<uuid:result_id>/save-template", views_compare.result_save_template, name="result_save_template"),
+    path("templates/<slug:slug>/cover", views_compare.template_cover, name="template_cover"),
+    path("privacy/", views.privacy, name="privacy"),
+    path("privacy/delete-everything", views.delete_everything, name="delete_everything"),
+    path("staff/", include("studio.console.urls")),
+    path("styles/<int:style_id>/thumbnail", views.style_thumbnail, name="style_thumbnail"),
+    # A photo for a vendor that fetches by URL (Vtrix): signed, minutes-long, nothing else.
+    path("v/<str:token>/", signed_media.signed_photo, name="signed_media"),
     path("s/<str:token>", views.share_page, name="share"),
     path("s/<str:token>/image", views.share_image, name="share_image"),
     path("s/<str:token>/before", views.share_before_image, name="share_before"),

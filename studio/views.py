@@ -7,36 +7,48 @@ failures (a refused photo, a job that cannot start) come back as ordinary
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.forms import UserCreationForm
 from django.http import FileResponse, Http404, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
-from studio import selectors, services
+from studio import job_inputs, retention, selectors, services, views_compare
 from studio.imaging import ImageRejected
-from studio.models import Job
+from studio.limits import limited
+from studio.models import Job, Photo, Style
 from studio.operations import OPERATIONS
 from studio.ownership import owner_for
-from studio.vendors.base import get_provider
+from studio.vendors.base import PROVIDERS, get_provider
 
 UPLOAD_FIELD = "photo"
+SHARE_EXPIRY_DAYS = ("1", "7", "30")  # the choices offered on the result page
+
+
+def _provider_for(op):
+    """The operation's provider, or None when its adapter is not installed on this server."""
+    return get_provider(op.provider) if op.provider in PROVIDERS else None
 
 
 def _operation_choices():
     """The catalogue for the picker, each with whether it can run and why not."""
     choices = []
     for op in OPERATIONS.values():
-        provider = get_provider(op.provider)
+        provider = _provider_for(op)
         choices.append(
             {
                 "op": op,
                 "provider": provider,
-                "unavailable": provider.unavailable_reason(),
+                "unavailable": provider.unavailable_reason()
+                if provider
+                else "This service isn't installed on this server.",
             }
         )
     return choices
@@ -53,10 +65,16 @@ def _studio_context(request, *, photo=None, selected_op=None, values=None, error
         "recent_jobs": lambda: list(selectors.gallery_page(owner, per_page=6).object_list),
         "operations": _operation_choices(),
         "selected_op": op,
-        "values": values or op.defaults(),
+        "values": values or views_compare.form_values(request, op),
+        "style_templates": lambda: selectors.templates_for_operation(op.key),
+        "compare_candidates": lambda: views_compare.compare_candidates(op),
         "errors": errors or {},
         "form_error": form_error,
         "max_upload_mb": settings.STUDIO_MAX_UPLOAD_MB,
+        # Named before submit: where the photo goes and how long it is kept there.
+        "selected_provider": _provider_for(op),
+        "retention_hours": settings.STUDIO_RETENTION_HOURS,
+        "photo_due_at": (lambda: retention.photo_due_at(photo)) if photo else None,
     }
 
 
@@ -74,6 +92,7 @@ def home(request):
 
 
 @require_POST
+@limited("uploads")
 def photo_upload(request):
     owner = owner_for(request, create=True)
     upload = request.FILES.get(UPLOAD_FIELD)
@@ -115,30 +134,50 @@ def photo_image(request, photo_id):
 
 
 @require_POST
+@limited("jobs")
 def job_create(request):
     owner = owner_for(request, create=True)
-    photo = selectors.photo_get_for_owner(owner, request.POST.get("photo", ""))
     op = OPERATIONS.get(request.POST.get("operation", ""))
     if op is None:
         raise Http404("No such operation.")
+    photo = None
+    if op.inputs.selfie or request.POST.get("photo"):
+        photo = selectors.photo_get_for_owner(owner, request.POST.get("photo", ""))
     params, errors = op.clean_params(request.POST)
-    job = None
+    params = views_compare.fill_from_templates(request, op, params)  # a picked card is the prompt
+    # Generic form inputs (job_inputs.py): style picks, prompt, reference photo, painted mask.
+    inputs = job_inputs.collect(request, owner=owner, op=op, photo=photo, params=params)
+    errors = {**errors, **inputs.errors}
+    jobs, job = [], None
     form_error = ""
+    shown_values = {}
     if not errors:
         try:
-            job = services.job_create(owner=owner, photo=photo, operation=op, params=params)
+            # Template cards and operations to compare with make a batch (views_compare.py).
+            runs, shown_values = views_compare.submission_runs(request, op, params)
+            # One job per picked style (job_inputs.py).
+            runs = job_inputs.expand_runs(runs, op, inputs)
+            jobs = services.job_create_batch(
+                owner=owner, photo=photo, runs=runs, reference_photo=inputs.reference_photo, mask=inputs.mask
+            )
+            job = jobs[0]
         except services.ServiceError as exc:
             form_error = exc.message
     if not request.htmx:
+        if job and job.batch:
+            return redirect("studio:compare", batch=job.batch)
         if job:
             return redirect("studio:job", job_id=job.pk)
-        messages.error(request, form_error or "Please correct the highlighted values.")
-        return redirect(f"{reverse('studio:home')}?photo={photo.pk}&operation={op.key}")
+        messages.error(request, form_error or " ".join(errors.values()) or "Please correct the highlighted values.")
+        return redirect(f"{reverse('studio:home')}?{'photo=' + str(photo.pk) + '&' if photo else ''}operation={op.key}")
     context = _studio_context(
-        request, photo=photo, selected_op=op, values={**op.defaults(), **request.POST.dict()},
+        request, photo=photo, selected_op=op,
+        values={**op.defaults(), **request.POST.dict(), **shown_values, **inputs.values,
+                **{name: [s.style_id for s in picked] for name, picked in inputs.styles.items()}},
         errors=errors, form_error=form_error,
     )
     context["new_job"] = job
+    context["new_jobs"] = jobs
     return render(request, "studio/home.html#submit_response", context)
 
 
@@ -169,6 +208,7 @@ def job_delete(request, job_id):
 
 
 @require_POST
+@limited("jobs")
 def job_rerun(request, job_id):
     owner = owner_for(request)
     job = selectors.job_get_for_owner(owner, job_id)
@@ -176,6 +216,9 @@ def job_rerun(request, job_id):
     if op is None:
         raise Http404("This operation is no longer offered.")
     params, errors = op.clean_params(request.POST)
+    if not errors:
+        # Keeps what the form doesn't show (prompt, style group); re-checks a changed style.
+        params, errors = job_inputs.rerun_params(op, job, params)
     if errors:
         messages.error(request, " ".join(errors.values()))
         return redirect(request.POST.get("next") or reverse("studio:job", args=[job.pk]))
@@ -243,7 +286,8 @@ def result_detail(request, result_id):
 def result_image(request, result_id):
     result = selectors.result_get_for_owner(owner_for(request), result_id)
     if request.GET.get("size") == "thumb":
-        return _image_response(result.thumbnail, "image/jpeg")
+        thumb_type = "image/png" if result.thumbnail.name.endswith(".png") else "image/jpeg"
+        return _image_response(result.thumbnail, thumb_type)
     return _image_response(result.image, result.content_type)
 
 
@@ -264,6 +308,7 @@ def result_delete(request, result_id):
 
 
 @require_POST
+@limited("uploads")
 def result_chain(request, result_id):
     """Use a result as the input photo of another operation."""
     owner = owner_for(request, create=True)
@@ -280,7 +325,11 @@ def result_chain(request, result_id):
 def result_share(request, result_id):
     result = selectors.result_get_for_owner(owner_for(request), result_id)
     if request.POST.get("enabled") == "1":
-        share = services.share_enable(result=result, show_before=request.POST.get("show_before") == "1")
+        days = request.POST.get("expires_days", "")
+        expires_at = timezone.now() + timedelta(days=int(days)) if days in SHARE_EXPIRY_DAYS else None
+        share = services.share_enable(
+            result=result, show_before=request.POST.get("show_before") == "1", expires_at=expires_at
+        )
     else:
         services.share_disable(result=result)
         share = None
@@ -292,6 +341,45 @@ def result_share(request, result_id):
         "share_url": request.build_absolute_uri(reverse("studio:share", args=[share.token])) if share else "",
     }
     return render(request, "studio/result.html#share_panel", context)
+
+
+# --- Privacy -------------------------------------------------------------------
+
+
+@require_GET
+def privacy(request):
+    """What is kept, for how long, where photos go; and the delete-everything button."""
+    owner = owner_for(request)
+    providers = {}
+    for op in OPERATIONS.values():
+        provider = _provider_for(op)
+        if provider is not None:
+            providers.setdefault(provider.key, provider)
+    return render(
+        request,
+        "studio/privacy.html",
+        {
+            "retention_hours": settings.STUDIO_RETENTION_HOURS,
+            "providers": list(providers.values()),
+            "counts": {
+                "photos": Photo.objects.filter(owner.q()).count(),
+                "jobs": Job.objects.filter(owner.q()).count(),
+            },
+        },
+    )
+
+
+@require_POST
+def delete_everything(request):
+    counts = services.owner_delete_everything(owner=owner_for(request))
+    messages.success(
+        request,
+        f"Deleted {counts['photos']} photo(s), {counts['jobs']} job(s), {counts['results']} result(s) "
+        f"and {counts['shares']} share link(s). Vendors that offer deletion were asked to delete their copies.",
+    )
+    if request.htmx:
+        return HttpResponseClientRedirect(reverse("studio:privacy"))
+    return redirect("studio:privacy")
 
 
 # --- Public share pages ------------------------------------------------------
@@ -360,3 +448,21 @@ def signup(request):
         messages.success(request, "Welcome! Your photos and results are now saved to your account.")
         return redirect("studio:gallery")
     return render(request, "registration/signup.html", {"form": form})
+
+
+# --- Style catalogues (studio.styles) ---------------------------------------------
+
+
+@require_GET
+def style_thumbnail(request, style_id):
+    """A catalogue thumbnail from our own storage: browsers never fetch from the vendor."""
+    style = get_object_or_404(Style.objects.select_related("group"), pk=style_id)
+    if not style.thumbnail or not (style.offered or (request.user.is_authenticated and request.user.is_staff)):
+        raise Http404("No such style.")
+    try:
+        fh = style.thumbnail.open("rb")
+    except (FileNotFoundError, ValueError):
+        raise Http404("This thumbnail is no longer stored.") from None
+    response = FileResponse(fh, content_type="image/jpeg")
+    response["Cache-Control"] = "public, max-age=86400"
+    return response

@@ -21,6 +21,14 @@ def _isolated_media(settings, tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def _generous_abuse_limits(settings):
+    """Whole suites upload from one address; tests of the limits set them low themselves."""
+    settings.STUDIO_UPLOADS_PER_HOUR = settings.STUDIO_UPLOADS_PER_HOUR_PER_IP = 100_000
+    settings.STUDIO_JOBS_PER_HOUR = settings.STUDIO_JOBS_PER_HOUR_PER_IP = 100_000
+    settings.STUDIO_MAX_CONCURRENT_JOBS = 1_000
+
+
+@pytest.fixture(autouse=True)
 def _sync_jobs(monkeypatch):
     """Run django-q2 tasks inline (tests needing a real cluster switch this off)."""
     from django_q.conf import Conf

@@ -49,6 +49,8 @@ class Cluster:
 
     @property
     def env(self) -> dict[str, str]:
+        from django.conf import settings as django_settings
+
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "SECRET_KEY"}
         env.update(
             SECRET_KEY_FILE=str(self.secret_file),
@@ -59,6 +61,8 @@ class Cluster:
             DJANGO_SETTINGS_MODULE="portraitstudio.settings",
             LOG_LEVEL="INFO",
             PYTHONUNBUFFERED="1",
+            # The worker runs vendor jobs against the emulators when the test is in sandbox mode.
+            STUDIO_SANDBOX="1" if django_settings.STUDIO_SANDBOX else "0",
         )
         return env
 

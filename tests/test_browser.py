@@ -211,11 +211,18 @@ def wait_succeeded(page: Page, job_id: str) -> None:
     expect(card.locator(".result-thumbs img")).to_have_count(1)
 
 
-def wait_images(page: Page) -> None:
-    page.wait_for_function(
-        "Array.from(document.images).filter(i => !i.hidden)"
-        ".every(i => i.complete && i.naturalWidth > 0)"
-    )
+def wait_images(page: Page, timeout: float = 10.0) -> None:
+    """Wait until every shown image has loaded (lazy ones below the fold are loaded first).
+
+    Polls with page.evaluate: wait_for_function's polling predicate is eval'd in
+    the page, which the Content-Security-Policy (no unsafe-eval) refuses.
+    """
+    page.evaluate("() => document.querySelectorAll('img[loading=lazy]').forEach(i => { i.loading = 'eager'; })")
+    deadline = time.monotonic() + timeout
+    script = "() => Array.from(document.images).filter(i => !i.hidden).every(i => i.complete && i.naturalWidth > 0)"
+    while not page.evaluate(script):
+        assert time.monotonic() < deadline, "images did not load"
+        page.wait_for_timeout(50)
 
 
 def css_pos(page: Page) -> str:

@@ -309,4 +309,5 @@ def test_submit_fragment_skips_the_page_only_lists(owner_client, photo):
     assert not any('"studio_job"' in q for q in sql)
     assert sum('FROM "studio_photo"' in q for q in sql) == 1  # the selected photo only
     page = queries_for(lambda: owner_client.get(f"/?photo={photo.pk}"))
-    assert sum('FROM "studio_photo"' in q for q in page) == 2  # the photo and the recent strip, once each
+    # The photo, the recent strip and the photo's deletion date, once each.
+    assert sum('FROM "studio_photo"' in q for q in page) == 3

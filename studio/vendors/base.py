@@ -78,6 +78,9 @@ class JobInput:
     # State the provider saved on the job earlier (e.g. an uploaded file id),
     # so a resumed run can skip what already happened.
     state: dict[str, Any] = field(default_factory=dict)
+    # Epoch seconds by which the job must end (0: no deadline given); a provider
+    # that has to wait for vendor capacity waits at most until then.
+    deadline: float = 0.0
     report: StageReporter = lambda stage, fraction=None: None
     save_state_callback: Callable[[dict[str, Any]], None] = lambda state: None
 
@@ -121,6 +124,10 @@ class Provider(ABC):
 # dependencies load only when that vendor is used.
 PROVIDERS: dict[str, str] = {
     "local": "studio.vendors.local.LocalProvider",
+    "perfectcorp": "studio.vendors.perfectcorp.PerfectCorpProvider",
+    "headshot": "studio.vendors.headshot.HeadshotProvider",
+    "wavespeed": "studio.vendors.wavespeed.WaveSpeedProvider",
+    "vtrix": "studio.vendors.vtrix.VtrixProvider",
 }
 
 _instances: dict[str, Provider] = {}

@@ -28,6 +28,9 @@ from studio.vendors.base import VendorError
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Network errors after which the request provably never reached the server: the
+# only ones a call without an idempotency key (a billed generation) may retry.
+NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 # Images a vendor may hand back; anything else is refused before decoding.
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
@@ -93,6 +96,7 @@ class VendorHttp:
         *,
         retry: bool = True,
         retry_statuses: Iterable[int] = RETRYABLE_STATUS,
+        retry_errors: tuple[type[Exception], ...] = (httpx.HTTPError,),
         **kwargs,
     ) -> httpx.Response:
         """Send a request; returns the response for any status it won't retry.
@@ -100,7 +104,9 @@ class VendorHttp:
         Network errors and retryable statuses are retried up to `retries`
         times; when tries run out a non-permanent VendorError is raised with
         a message for the user. Other statuses are returned for the adapter
-        to map (each vendor words its errors differently).
+        to map (each vendor words its errors differently). `retry_errors`
+        narrows which network errors are retried (NOT_SENT_ERRORS for calls
+        that must not run twice).
         """
         retry_statuses = frozenset(retry_statuses)
         attempts = 1 + (self.retries if retry else 0)
@@ -111,7 +117,7 @@ class VendorHttp:
                 response = self._client.request(method, url, **kwargs)
             except httpx.HTTPError as exc:
                 log.warning("%s %s %s failed: %s", self.vendor, method, _path_only(url), type(exc).__name__)
-                if attempt == attempts:
+                if attempt == attempts or not isinstance(exc, retry_errors):
                     raise VendorError(describe_transport_error(exc, self.vendor), permanent=False) from None
                 self.sleep(backoff_delay(attempt, base=self.backoff_base))
                 continue
@@ -157,10 +163,18 @@ class VendorHttp:
         on 127.0.0.1); the body is capped in size and in total time.
         """
         started = time.monotonic()
+        too_slow = VendorError(f"Fetching the result from {self.vendor} took too long. Please try again.", permanent=False)
         for _ in range(max_redirects + 1):
-            _check_url(url, self.vendor, allow_private=allow_private)
+            address = _check_url(url, self.vendor, allow_private=allow_private)
+            remaining = max_seconds - (time.monotonic() - started)
+            if remaining <= 0:
+                raise too_slow
+            request_url, headers, extensions = _pinned(url, address)
+            timeout = httpx.Timeout(min(30.0, remaining), connect=min(5.0, remaining))
             try:
-                with self._client.stream("GET", url, timeout=httpx.Timeout(min(30.0, max_seconds), connect=5.0)) as response:
+                with self._client.stream(
+                    "GET", request_url, headers=headers, extensions=extensions, timeout=timeout
+                ) as response:
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("Location", ""))
                         continue
@@ -177,21 +191,21 @@ class VendorHttp:
                     content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
                     if content_type not in content_types:
                         raise VendorError(f"{self.vendor} returned something that is not an image. Please try again.")
-                    declared = response.headers.get("Content-Length")
-                    if declared and declared.isdigit() and int(declared) > max_bytes:
+                    declared = response.headers.get("Content-Length", "").strip()
+                    if declared.isdigit() and int(declared) > max_bytes:
                         raise VendorError(f"{self.vendor} returned a file too large to accept. Please try again.")
                     chunks, size = [], 0
+                    # Decoded bytes are counted, so a small gzip "bomb" is capped too.
                     for chunk in response.iter_bytes():
                         size += len(chunk)
                         if size > max_bytes:
                             raise VendorError(f"{self.vendor} returned a file too large to accept. Please try again.")
                         if time.monotonic() - started > max_seconds:
-                            raise VendorError(
-                                f"Fetching the result from {self.vendor} took too long. Please try again.",
-                                permanent=False,
-                            )
+                            raise too_slow
                         chunks.append(chunk)
                     return b"".join(chunks), content_type
+            except httpx.TimeoutException:
+                raise too_slow from None
             except httpx.HTTPError as exc:
                 raise VendorError(describe_transport_error(exc, self.vendor), permanent=False) from None
         raise VendorError(f"{self.vendor}'s result link redirected too many times. Please try again.")
@@ -208,17 +222,61 @@ def _path_only(url: str) -> str:
     return urlsplit(url).path or url
 
 
-def _check_url(url: str, vendor: str, *, allow_private: bool) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+# NAT64 (RFC 6052) addresses carry an IPv4 address in their last 32 bits.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A globally routable unicast address, also when an IPv4 address hides inside an IPv6 one."""
+    if ip.version == 6:
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return _is_public(embedded)
+    return ip.is_global and not ip.is_multicast
+
+
+def _check_url(url: str, vendor: str, *, allow_private: bool) -> str | None:
+    """Refuse what we must not fetch; returns the vetted address to connect to.
+
+    Returns None with `allow_private` (the emulator on 127.0.0.1): then the
+    name is resolved by the HTTP client as usual.
+    """
+    try:
+        parts = urlsplit(url)
+        hostname, port = parts.hostname, parts.port
+    except ValueError:  # e.g. an unclosed IPv6 bracket or a port out of range
+        parts, hostname, port = None, None, None
+    if parts is None or parts.scheme not in ("http", "https") or not hostname:
         raise VendorError(f"{vendor} returned an invalid result link. Please try again.")
     if allow_private:
-        return
+        return None
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)}
-    except OSError:
+        infos = socket.getaddrinfo(hostname, port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM)
+        addresses = sorted({info[4][0].split("%")[0] for info in infos})
+    except (OSError, UnicodeError, ValueError):
         raise VendorError(describe_transport_error(httpx.ConnectError(""), vendor), permanent=False) from None
+    if not addresses:
+        raise VendorError(describe_transport_error(httpx.ConnectError(""), vendor), permanent=False)
     for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global:
+        # Every address must be public: a name resolving to both is refused.
+        if not _is_public(ipaddress.ip_address(address)):
             raise VendorError(f"{vendor} returned a result link we don't follow. Please try again.")
+    return addresses[0]
+
+
+def _pinned(url: str, address: str | None) -> tuple[httpx.URL, dict, dict]:
+    """The request aimed at the vetted address, so a second DNS answer (rebinding) can't redirect it.
+
+    The Host header and the TLS server name (SNI, also used to verify the
+    certificate) stay the original host name.
+    """
+    original = httpx.URL(url)
+    if address is None:
+        return original, {}, {}
+    host = original.host if original.port is None else f"{original.host}:{original.port}"
+    if ":" in original.host:  # an IPv6 literal
+        host = f"[{original.host}]" if original.port is None else f"[{original.host}]:{original.port}"
+    extensions = {"sni_hostname": original.host} if original.scheme == "https" else {}
+    return original.copy_with(host=address), {"Host": host}, extensions

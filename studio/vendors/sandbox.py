@@ -18,7 +18,12 @@ from django.conf import settings
 from studio.vendors.emulators.base import Emulator
 
 # Provider key → dotted path of its emulator class.
-EMULATORS: dict[str, str] = {}
+EMULATORS: dict[str, str] = {
+    "perfectcorp": "studio.vendors.emulators.perfectcorp.PerfectCorpEmulator",
+    "headshot": "studio.vendors.emulators.headshot.HeadshotEmulator",
+    "wavespeed": "studio.vendors.emulators.wavespeed.WaveSpeedEmulator",
+    "vtrix": "studio.vendors.emulators.vtrix.VtrixEmulator",
+}
 
 _lock = threading.Lock()
 _instances: dict[str, Emulator] = {}

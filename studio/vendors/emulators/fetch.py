@@ -1,0 +1,51 @@
+"""How an emulator fetches an image URL it was handed, as the real vendor would.
+
+Vendors that take image URLs (Vtrix, WaveSpeed) download them from the
+internet. Their emulators do the same through a `Fetcher`: by default a real
+HTTP GET (in sandbox mode that reaches the app at STUDIO_PUBLIC_URL); tests
+inject one backed by Django's test client or point it at a live server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+
+# url → (HTTP status, body, content type); status 0 when nothing answered.
+Fetcher = Callable[[str], tuple[int, bytes, str]]
+
+MAX_FETCH_BYTES = 20 * 1024 * 1024
+
+
+def http_fetch(url: str) -> tuple[int, bytes, str]:
+    """A plain GET with a short timeout and no redirects, as a vendor's downloader does."""
+    try:
+        with httpx.stream("GET", url, timeout=httpx.Timeout(10.0, connect=3.0), follow_redirects=False) as response:
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > MAX_FETCH_BYTES:
+                    return 413, b"", ""
+                chunks.append(chunk)
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            return response.status_code, b"".join(chunks), content_type
+    except httpx.HTTPError:
+        return 0, b"", ""
+
+
+def django_client_fetch(client=None) -> Fetcher:
+    """A fetcher that asks this process's Django app (tests without a live server)."""
+    from urllib.parse import urlsplit
+
+    from django.test import Client
+
+    client = client or Client()
+
+    def fetch(url: str) -> tuple[int, bytes, str]:
+        parts = urlsplit(url)
+        response = client.get(parts.path + (f"?{parts.query}" if parts.query else ""))
+        body = b"".join(response.streaming_content) if response.streaming else response.content
+        return response.status_code, body, response.get("Content-Type", "").split(";")[0].strip().lower()
+
+    return fetch
