@@ -170,6 +170,23 @@ def sync_styles_now(modeladmin, request, queryset):
             modeladmin.message_user(request, str(report), level)
 
 
+def _sync_all_view(model_admin):
+    """POST-only admin view behind the changelists' "Sync all catalogues now" button."""
+
+    def view(request):
+        from django.http import HttpResponseNotAllowed
+        from django.shortcuts import redirect
+
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not model_admin.has_change_permission(request):
+            raise Http404
+        sync_styles_now(model_admin, request, StyleGroup.objects.none())
+        return redirect("admin:studio_style_changelist")
+
+    return view
+
+
 @admin.register(StyleGroup)
 class StyleGroupAdmin(admin.ModelAdmin):
     list_display = ("name", "feature", "provider", "group_id", "position", "hidden", "available", "synced_at")
@@ -178,6 +195,10 @@ class StyleGroupAdmin(admin.ModelAdmin):
     search_fields = ("name", "group_id")
     readonly_fields = ("provider", "feature", "group_id", "name", "position", "available", "synced_at")
     actions = [sync_styles_now]
+
+    def get_urls(self):
+        sync = path("sync/", self.admin_site.admin_view(_sync_all_view(self)), name="studio_styles_sync")
+        return [sync, *super().get_urls()]
 
 
 @admin.register(Style)

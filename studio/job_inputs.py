@@ -24,7 +24,7 @@ from django.conf import settings
 from PIL import Image
 
 from studio import selectors, services, styles
-from studio.imaging import ImageRejected
+from studio.imaging import ImageRejected, encode_png
 from studio.models import Photo, Style
 from studio.operations import Operation
 
@@ -76,7 +76,9 @@ def expand_runs(runs: list[tuple], op: Operation, inputs: FormInputs) -> list[tu
                 variants = [{**v, PROMPT_FIELD: inputs.prompt} for v in variants]
             for name, picked in inputs.styles.items():
                 variants = [
-                    {**v, name: style.style_id, "style_group_id": style.group.group_id} for v in variants for style in picked
+                    {**v, name: style.style_id, "style_group_id": style.group.group_id}
+                    for v in variants
+                    for style in picked
                 ]
         expanded += [(run_op, variant, *rest) for variant in variants]
     return expanded
@@ -116,6 +118,7 @@ def _collect_styles(request, op: Operation, found: FormInputs) -> None:
         ids = list(dict.fromkeys(raw_ids))  # a style listed in two groups counts once
         if not param.multiple:
             ids = ids[:1]
+        found.values[param.name] = ids  # the form is shown again with every pick kept
         if not ids:
             found.errors[param.name] = f"Pick a {param.label.lower()}."
             continue
@@ -168,7 +171,9 @@ def _collect_reference(request, owner, op: Operation, found: FormInputs) -> None
     found.values[REFERENCE_PHOTO_FIELD] = str(reference.pk)
     found.values["reference_photo_obj"] = reference
     problems = op.limits.problems(
-        faces=reference.face_boxes, source_format=reference.source_format, long_side=max(reference.width, reference.height)
+        faces=reference.face_boxes,
+        source_format=reference.source_format,
+        long_side=max(reference.width, reference.height),
     )
     if problems:
         found.errors[REFERENCE_FIELD] = f"{label}: {problems[0]}"
@@ -205,11 +210,12 @@ def mask_clean(data: bytes, *, size: tuple[int, int]) -> bytes:
                     f"The painted area is {im.width}×{im.height} px but the photo is {size[0]}×{size[1]} px. {again}"
                 )
             im.load()
+            grey = im.convert("L")
             if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-                # Painted strokes on a transparent canvas: alpha is the painted area.
-                grey = im.convert("RGBA").getchannel("A")
-            else:
-                grey = im.convert("L")
+                alpha = im.convert("RGBA").getchannel("A")
+                if alpha.getextrema()[0] < 255:
+                    # Strokes on a transparent canvas: the alpha is the painted area.
+                    grey = alpha
     except ImageRejected:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
@@ -217,6 +223,4 @@ def mask_clean(data: bytes, *, size: tuple[int, int]) -> bytes:
     mask = grey.point(lambda value: 255 if value >= 128 else 0)
     if mask.getbbox() is None:
         raise ImageRejected("Paint over the area to remove first.")
-    out = io.BytesIO()
-    mask.save(out, format="PNG", optimize=True)
-    return out.getvalue()
+    return encode_png(mask)  # no metadata: an ICC profile or text would otherwise travel to the vendor

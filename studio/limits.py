@@ -98,8 +98,7 @@ def check_job(request, owner: Owner) -> None:
     running = Job.objects.filter(owner.q()).exclude(status__in=Job.TERMINAL).count()
     if running >= settings.STUDIO_MAX_CONCURRENT_JOBS:
         raise LimitExceeded(
-            f"You already have {running} jobs in progress. Please wait for one to finish before "
-            "starting another.",
+            f"You already have {running} jobs in progress. Please wait for one to finish before starting another.",
             retry_after=30,
         )
     _check(

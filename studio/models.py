@@ -344,7 +344,7 @@ class Style(models.Model):
     thumb_width = models.PositiveIntegerField(default=0)
     thumb_height = models.PositiveIntegerField(default=0)
     # Where the vendor serves the thumbnail; only the sync reads it, browsers never do.
-    vendor_thumb_url = models.URLField(max_length=1000, blank=True)
+    vendor_thumb_url = models.CharField(max_length=1000, blank=True)
     hidden = models.BooleanField(default=False, help_text="Hide from users.")
     featured = models.BooleanField(default=False, help_text="Show first.")
     available = models.BooleanField(default=True, help_text="Still listed by the vendor at the last sync.")

@@ -535,7 +535,8 @@ VTRIX_OPERATIONS: tuple[Operation, ...] = (
             Param("height", "Height", "int", 1328, minimum=512, maximum=2048, step=8),
             _seed(1),  # "the same positive integer"
         ),
-        inputs=Inputs(prompt_label="Prompt (optional)"),
+        # No Inputs.prompt_label: that makes a prompt required, and here it is optional
+        # (it only switches the automatic mode to "creative").
         # The vendor page: JPG/PNG (we always send our normalized JPEG), ≤ 5 MB,
         # ≤ 4096 × 4096, exactly one face.
         limits=InputLimits(max_long_side=4096, max_bytes=5 * _MB, min_faces=1, max_faces=1),

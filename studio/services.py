@@ -207,6 +207,16 @@ def job_report(job_id, stage: str, fraction: float | None = None) -> None:
     Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(**values)
 
 
+def job_requeue(job_id, stage: str) -> bool:
+    """Put a running job back in the queue to be run again by another worker; True if done."""
+    updated = Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(
+        status=Job.Status.QUEUED, stage=stage[:80], heartbeat_at=timezone.now()
+    )
+    if updated:
+        transaction.on_commit(lambda: enqueue_job(job_id))
+    return updated == 1
+
+
 def job_mark_failed(job_id, message: str) -> bool:
     """Fail a job that is not yet terminal; True if this call did it."""
     return (
@@ -285,7 +295,10 @@ def job_run(job_id) -> None:
     try:
         _run_claimed(job)
     except VendorError as exc:
-        job_mark_failed(job.pk, exc.message)
+        # A provider still waiting for vendor capacity when its worker's time runs
+        # out hands the job back to the queue (it has sent nothing yet).
+        if not (getattr(exc, "requeue", False) and job_requeue(job.pk, exc.message)):
+            job_mark_failed(job.pk, exc.message)
     except Exception:
         log.exception("job %s crashed", job.pk)
         job_mark_failed(job.pk, GENERIC_FAILURE)
@@ -446,7 +459,9 @@ def _enqueue_remote_deletion(jobs) -> None:
     the task gets snapshots, because the rows may be gone when it runs.
     """
     snapshots = [
-        _job_snapshot(job) for job in jobs if _remote_provider(job.provider) and (job.vendor_task_id or job.vendor_state)
+        _job_snapshot(job)
+        for job in jobs
+        if _remote_provider(job.provider) and (job.vendor_task_id or job.vendor_state)
     ]
     if not snapshots:
         return

@@ -63,6 +63,8 @@ class Cluster:
             PYTHONUNBUFFERED="1",
             # The worker runs vendor jobs against the emulators when the test is in sandbox mode.
             STUDIO_SANDBOX="1" if django_settings.STUDIO_SANDBOX else "0",
+            # Where vendors (and in sandbox mode their emulators) fetch signed photo links from.
+            STUDIO_PUBLIC_URL=django_settings.STUDIO_PUBLIC_URL,
         )
         return env
 

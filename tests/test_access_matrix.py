@@ -126,7 +126,9 @@ def _walk(patterns, namespace=""):
 
 
 def all_urls() -> list[str]:
-    return [name for name, namespace in _walk(get_resolver().url_patterns) if namespace.split(":")[0] != ADMIN_NAMESPACE]
+    return [
+        name for name, namespace in _walk(get_resolver().url_patterns) if namespace.split(":")[0] != ADMIN_NAMESPACE
+    ]
 
 
 def test_every_url_is_classified():
@@ -190,10 +192,13 @@ def world(portrait_jpeg) -> World:
     small = images.to_bytes(images.astronaut(), "JPEG", quality=90)
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    owner.post("/photos/", {"photo": SimpleUploadedFile("me.jpg", small, "image/jpeg"),
-                            "csrfmiddlewaretoken": token_of(owner)})
+    owner.post(
+        "/photos/", {"photo": SimpleUploadedFile("me.jpg", small, "image/jpeg"), "csrfmiddlewaretoken": token_of(owner)}
+    )
     photo = Photo.objects.get()
-    owner.post("/jobs/", {"photo": str(photo.pk), "operation": "studio_retouch", "csrfmiddlewaretoken": token_of(owner)})
+    owner.post(
+        "/jobs/", {"photo": str(photo.pk), "operation": "studio_retouch", "csrfmiddlewaretoken": token_of(owner)}
+    )
     job = Job.objects.get()
     assert job.status == Job.Status.SUCCEEDED, job.error_message
     Job.objects.filter(pk=job.pk).update(batch=uuid.uuid4())
@@ -216,8 +221,15 @@ def world(portrait_jpeg) -> World:
     staff = csrf_client()
     staff.force_login(User.objects.create_superuser("boss", password="pw-boss-123456"))
     staff.get("/privacy/")
-    return World({"owner": owner, "visitor": csrf_client(), "user": user, "staff": staff},
-                 photo, job, result, token, template.slug, style.pk)
+    return World(
+        {"owner": owner, "visitor": csrf_client(), "user": user, "staff": staff},
+        photo,
+        job,
+        result,
+        token,
+        template.slug,
+        style.pk,
+    )
 
 
 def _snapshot():
@@ -280,10 +292,11 @@ def test_every_state_change_needs_the_csrf_token(world, name):
 def test_htmx_requests_carry_the_token_from_the_page(world):
     owner = world.clients["owner"]
     page = owner.get("/").content.decode()
-    assert f'hx-headers=\'{{"X-CSRFToken": "' in page
+    assert 'hx-headers=\'{"X-CSRFToken": "' in page
     token = page.split('"X-CSRFToken": "', 1)[1].split('"', 1)[0]
-    response = owner.post(f"/results/{world.result.pk}/share", {"enabled": "1"},
-                          headers={"HX-Request": "true", "X-CSRFToken": token})
+    response = owner.post(
+        f"/results/{world.result.pk}/share", {"enabled": "1"}, headers={"HX-Request": "true", "X-CSRFToken": token}
+    )
     assert response.status_code == 200
 
 

@@ -42,23 +42,38 @@ UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 # --- Browser, contexts, and the error guard -----------------------------------
 
 
+# Other browser test modules import these fixtures, which gives each module its
+# own session-scoped `browser`; Playwright's sync API allows one per thread, so
+# they all share one Chromium, closed when the last module is done with it.
+_SHARED_BROWSER: dict = {"users": 0}
+
+
 @pytest.fixture(scope="session")
 def browser():
-    # Playwright's sync API keeps an event loop running in this thread, and
-    # Django then refuses ORM calls from it (SynchronousOnlyOperation). The
-    # test thread only reads/asserts, the live server runs in its own thread.
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    shared = _SHARED_BROWSER
+    if not shared["users"]:
+        # Playwright's sync API keeps an event loop running in this thread, and
+        # Django then refuses ORM calls from it (SynchronousOnlyOperation). The
+        # test thread only reads/asserts, the live server runs in its own thread.
+        shared["previous_env"] = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+        shared["playwright"] = sync_playwright().start()
+        shared["browser"] = shared["playwright"].chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    shared["users"] += 1
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            yield browser
-            browser.close()
+        yield shared["browser"]
     finally:
-        if previous is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+        shared["users"] -= 1
+        if not shared["users"]:
+            try:
+                shared.pop("browser").close()
+                shared.pop("playwright").stop()
+            finally:
+                previous = shared.pop("previous_env")
+                if previous is None:
+                    os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+                else:
+                    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 class Guard:

@@ -41,9 +41,14 @@ CORPORATE_PROMPT = "corporate headshot, navy blazer, soft grey backdrop"
 
 
 @pytest.fixture
-def sandbox_cluster(settings, cluster):
-    """A real worker, both it and the live server in sandbox mode (vendor emulators)."""
+def sandbox_cluster(settings, live_server, cluster):
+    """A real worker, both it and the live server in sandbox mode (vendor emulators).
+
+    The emulators fetch photos from the app's signed links, so the worker must
+    know the live server's address.
+    """
     settings.STUDIO_SANDBOX = True
+    settings.STUDIO_PUBLIC_URL = live_server.url
     sandbox.reset()
     cluster.start()
     yield cluster
@@ -118,7 +123,6 @@ def test_headshot_template_with_four_images(studio, sandbox_cluster, templates, 
     slide(page, "#param-identity_scale", "ArrowLeft", 2)
     expect(page.locator("#param-identity_scale")).to_have_value("0.7")
     page.get_by_label("1:1 (768×768)").check()
-    page.screenshot(path=shots_dir / "headshot-template-form.png", full_page=True)
 
     job_id = submit_job(page)
     card = page.locator(f"#job-{job_id}")
@@ -137,6 +141,8 @@ def test_headshot_template_with_four_images(studio, sandbox_cluster, templates, 
     assert len(results) == 4 and all((r.width, r.height) == (768, 768) for r in results)
     assert {r.meta["seed"] for r in results} == {48213}
     wait_images(page)
+    # caret="initial": Playwright's caret hiding leaves style attributes that htmx would copy on a later swap (CSP).
+    page.screenshot(path=shots_dir / "headshot-template.png", full_page=True, caret="initial")
 
     # The result page shows seed and template and offers the two seed re-runs.
     card.locator(".result-thumbs a").first.click()
@@ -172,7 +178,8 @@ def test_seed_lock_survives_runs_and_reloads(studio, sandbox_cluster, templates,
     expect(page.get_by_test_id("seed-lock")).to_be_checked()
     wait_succeeded(page, first)
     expect(page.locator(f"#job-{first}").get_by_test_id("seed-tag")).to_have_text(f"Seed {seed}")
-    page.reload()
+    photo = Job.objects.get(pk=first).photo
+    page.goto(f"/?photo={photo.pk}")  # a fresh studio page
     choose_operation(page, "AI headshot")
     expect(page.locator("#param-seed")).to_have_value(seed)
     expect(page.get_by_test_id("seed-lock")).to_be_checked()
@@ -269,7 +276,7 @@ def test_compare_two_templates_side_by_side(studio, sandbox_cluster, templates, 
     first, second = columns.nth(0).bounding_box(), columns.nth(1).bounding_box()
     assert abs(first["y"] - second["y"]) < 2 and second["x"] > first["x"] + first["width"] - 1
     wait_images(page)
-    page.screenshot(path=shots_dir / "compare-templates.png", full_page=True)
+    page.screenshot(path=shots_dir / "compare-templates.png", full_page=True, caret="initial")
     batch = re.search(rf"/compare/({UUID})/$", page.url).group(1)
     assert Job.objects.filter(batch=batch).count() == 2
 
@@ -324,6 +331,7 @@ def test_admin_template_editor_save_as_template_and_preview(studio, sandbox_clus
 
     # 1. Hand-made template: an out-of-range parameter is refused next to its field.
     page.locator("#id_name").fill("Warm studio")
+    page.locator("#id_name").press("Tab")
     expect(page.locator("#id_slug")).to_have_value("warm-studio")  # prepopulated from the name
     page.locator("#id_operation").select_option("ai_headshot")
     page.locator("#id_prompt").fill("warm studio portrait, brown backdrop")
@@ -385,7 +393,7 @@ def test_admin_template_editor_save_as_template_and_preview(studio, sandbox_clus
     expect(page.locator(".messagelist")).to_contain_text("changed successfully")
     mono.refresh_from_db()
     assert mono.active
-    page.screenshot(path=shots_dir / "admin-templates.png", full_page=True)
+    page.screenshot(path=shots_dir / "admin-templates.png", full_page=True, caret="initial")
     page.goto("/?operation=ai_headshot")
     cards = page.get_by_test_id("template-card")
     expect(cards).to_have_count(2)

@@ -250,6 +250,7 @@ class BudgetProvider(Provider):
             "mode": "sandbox",
             "missing": [],
             "budget_in_use": "37 of 100 requests this hour",
+            "budget": {"windows": [{"limit": 100, "seconds": 60, "used": 7}], "paused_for": 0.0},
             "api_key": "sk-PLANTED-10",
         }
 
@@ -291,6 +292,7 @@ def test_vendor_panel_reports_each_provider(staff_client, owner, monkeypatch):
     assert rows["budgeted"]["recent"] == {"provider": "budgeted", "jobs": 2, "failed": 2}
     assert "ModuleNotFoundError" in rows["broken"]["load_error"]
     assert "37 of 100 requests this hour" in page and "Sandbox (local emulator)" in page
+    assert "windows: 7 of 100 per 60 s; paused for: 0" in page
     # Links to every studio admin page that exists (catalogue and templates when registered).
     links = {link["model"]: link["url"] for link in response.context["catalogue"]}
     assert links["job"] == "/admin/studio/job/"

@@ -27,7 +27,11 @@ def production_env(tmp_path) -> dict[str, str]:
 def check_deploy(env) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -56,9 +60,21 @@ def test_production_settings_values(tmp_path):
     )
     run = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", code],
-        cwd=ROOT, env=production_env(tmp_path), capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=production_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1].split() == [
-        "True", "True", "True", "31536000", "('HTTP_X_FORWARDED_PROTO',", "'https')", "True", "same-origin", "DENY",
+        "True",
+        "True",
+        "True",
+        "31536000",
+        "('HTTP_X_FORWARDED_PROTO',",
+        "'https')",
+        "True",
+        "same-origin",
+        "DENY",
     ]

@@ -642,7 +642,7 @@ def test_the_expected_engine_time_is_learned_from_jobs(pc_local, emulator):
     pc_local._learn(feature, finished_at=8.2, last_running_at=None, interval=1.0)
     assert 7.8 < pc_local.expected_seconds(feature) < 8.0  # done at first poll: probe a little earlier
     pc_local._learn(feature, finished_at=9.0, last_running_at=8.4, interval=1.0)
-    assert pc_local.expected_seconds(feature) == pytest.approx(8.9)  # still running at 8.4: move past it
+    assert pc_local.expected_seconds(feature) == pytest.approx(9.4)  # still running at 8.4: a poll interval later
 
 
 def test_unknown_status_strings_mean_still_running(pc_local, emulator, portrait_jpeg):

@@ -82,9 +82,9 @@ def test_admission_reserves_the_requests_of_running_jobs():
     fake = FakeTime()
     b = budget(fake, limit=10, headroom=1)
     b.admit("a", 4, deadline=fake.now + 1)
-    b.admit("b", 4, deadline=fake.now + 1)
-    with pytest.raises(BudgetTimeout):  # 4 + 4 + 4 > 10 - 1
-        b.admit("c", 4, deadline=fake.now + 1)
+    b.admit("b", 5, deadline=fake.now + 1)
+    with pytest.raises(BudgetTimeout):  # 4 + 5 + 1 > 10 - 1
+        b.admit("c", 1, deadline=fake.now + 1)
     # Nobody else can eat the reservations: a background call waits…
     with pytest.raises(BudgetTimeout):
         b.take(None, deadline=fake.now + 1)
@@ -93,10 +93,12 @@ def test_admission_reserves_the_requests_of_running_jobs():
     with pytest.raises(BudgetTimeout):
         b.take(None, urgent=True, deadline=fake.now + 1)
     # The reserved jobs always get their requests at once.
+    before = fake.slept
     for _ in range(4):
         b.take("a")
+    for _ in range(5):
         b.take("b")
-    assert fake.slept == 0
+    assert fake.slept == before
     assert b.snapshot()["reserved"] == 0
 
 
@@ -187,7 +189,7 @@ def test_two_adapter_processes_share_the_limit_and_never_meet_a_429(small_limits
 
     def process(provider):
         try:
-            for _ in range(3):
+            for _ in range(2):
                 outputs, _ = run(provider, job_input("pc_colorize", portrait_jpeg))
                 assert outputs
         except Exception as exc:  # reported below
@@ -202,7 +204,7 @@ def test_two_adapter_processes_share_the_limit_and_never_meet_a_429(small_limits
         for worker in workers:
             worker.join()
     assert not failures
-    assert emulator.counters["charges"] == 6
+    assert emulator.counters["charges"] == 4
     assert emulator.counters["429"] == 0
 
 
@@ -241,6 +243,6 @@ def test_a_429_from_a_stricter_vendor_is_backed_off_and_retried(small_limits, se
     with routed(emulator, over_http=False):
         provider = PerfectCorpProvider()
         outputs, _ = run(provider, job_input("pc_colorize", portrait_jpeg))
-        snapshot = provider.budget().snapshot()
+        state = cache.get(provider.budget()._state_key)
     assert outputs and emulator.counters["429"] >= 1 and emulator.counters["charges"] == 1
-    assert snapshot["windows"][1]["used"] >= 4 + emulator.counters["429"]  # refused calls count too
+    assert state["paused_until"] > 0  # every process backed off

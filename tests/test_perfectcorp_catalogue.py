@@ -20,7 +20,7 @@ from PIL import Image
 
 from studio import job_inputs, styles
 from studio.imaging import ImageRejected
-from studio.models import Job, Photo, Result, Style, StyleGroup
+from studio.models import Job, Photo, Style, StyleGroup
 from studio.operations import OPERATIONS
 from tests import images
 from tests.conftest import upload
@@ -52,15 +52,34 @@ def _thumb_bytes(colour=(200, 120, 80)) -> bytes:
     return images.to_bytes(Image.new("RGB", (64, 64), colour), "JPEG")
 
 
-def make_style(feature, group_name, style_id, name, *, group_id=None, hidden=False, featured=False,
-               available=True, position=0, group_position=0, thumb=True) -> Style:
+def make_style(
+    feature,
+    group_name,
+    style_id,
+    name,
+    *,
+    group_id=None,
+    hidden=False,
+    featured=False,
+    available=True,
+    position=0,
+    group_position=0,
+    thumb=True,
+) -> Style:
     group, _ = StyleGroup.objects.get_or_create(
-        provider="perfectcorp", feature=feature, group_id=group_id or str(abs(hash((feature, group_name))) % 10**17),
+        provider="perfectcorp",
+        feature=feature,
+        group_id=group_id or str(abs(hash((feature, group_name))) % 10**17),
         defaults={"name": group_name, "position": group_position},
     )
     style = Style.objects.create(
-        group=group, style_id=style_id, name=name, hidden=hidden, featured=featured,
-        available=available, position=position,
+        group=group,
+        style_id=style_id,
+        name=name,
+        hidden=hidden,
+        featured=featured,
+        available=available,
+        position=position,
     )
     if thumb:
         style.thumbnail.save(f"{style_id}.jpg", ContentFile(_thumb_bytes()), save=False)
@@ -84,8 +103,12 @@ def test_the_twelve_perfect_corp_operations_are_declared_as_data():
         assert op.provider == "perfectcorp", key
     style_catalogues = {key: p.catalogue for key in PC_KEYS for p in OPERATIONS[key].params if p.kind == "style"}
     assert style_catalogues == {
-        "pc_hairstyle": "hair-style", "pc_wig": "wig", "pc_hair_extension": "hair-ext",
-        "pc_bangs": "hair-bang", "pc_hair_volume": "hair-vol", "pc_image_generator": "text-to-image",
+        "pc_hairstyle": "hair-style",
+        "pc_wig": "wig",
+        "pc_hair_extension": "hair-ext",
+        "pc_bangs": "hair-bang",
+        "pc_hair_volume": "hair-vol",
+        "pc_image_generator": "text-to-image",
     }
     # Hair features: several styles at once; the generator takes one.
     assert OPERATIONS["pc_hairstyle"].param("style_id").multiple
@@ -137,7 +160,7 @@ def test_picker_shows_db_styles_grouped_featured_first_and_hides_the_rest(owner_
     make_style("wig", "Long wigs", "30720000000009001", "Other catalogue", group_id="20480000000000031")
 
     page = owner_client.get(f"/?photo={photo.pk}&operation=pc_hairstyle").content.decode()
-    picker = page[page.index("data-style-picker"):]
+    picker = page[page.index("data-style-picker") :]
     assert re.findall(r"<h4[^>]*>([^<]+)</h4>", picker) == ["Women", "Short"]
     values = re.findall(r'name="style_id"\s+value="(\d+)"', picker)
     assert values == [BIG_ID, "30720000000001001", "30720000000002001"]  # featured first, exact id
@@ -183,6 +206,13 @@ def test_mask_must_match_the_photo_size_and_paint_something():
     rgba.save(buf, format="PNG")
     with Image.open(io.BytesIO(job_inputs.mask_clean(buf.getvalue(), size=(100, 80)))) as im:
         assert im.getbbox() == (50, 20, 60, 30)
+    # A browser's canvas export: opaque RGBA, white strokes on black.
+    opaque = Image.new("RGBA", (100, 80), (0, 0, 0, 255))
+    opaque.paste((255, 255, 255, 255), (5, 6, 7, 8))
+    buf = io.BytesIO()
+    opaque.save(buf, format="PNG")
+    with Image.open(io.BytesIO(job_inputs.mask_clean(buf.getvalue(), size=(100, 80)))) as im:
+        assert im.getbbox() == (5, 6, 7, 8)
     with pytest.raises(ImageRejected, match="99×80 px but the photo is 100×80"):
         job_inputs.mask_clean(_mask_png((99, 80)), size=(100, 80))
     with pytest.raises(ImageRejected, match="Paint over"):
@@ -255,9 +285,8 @@ def test_sync_walks_every_page_keeps_exact_ids_and_caches_thumbnails(served_emul
     # Every page was asked for with a page size the vendor accepts.
     assert report.groups == 3 and report.styles == len(expected) and report.thumbnails == len(expected)
     for style in Style.objects.all():
-        with style.thumbnail.open("rb") as fh:
-            with Image.open(fh) as im:
-                assert im.format == "JPEG" and im.size == (style.thumb_width, style.thumb_height)
+        with style.thumbnail.open("rb") as fh, Image.open(fh) as im:
+            assert im.format == "JPEG" and im.size == (style.thumb_width, style.thumb_height)
         assert style.vendor_thumb_url.startswith(emu.base_url)
 
     # A second sync changes nothing and fetches no thumbnail again.
@@ -276,9 +305,7 @@ def test_sync_command_reports_each_catalogue(emulator, capsys):
     out = capsys.readouterr().out
     for feature in ("hair-style", "wig", "hair-ext", "hair-bang", "hair-vol", "text-to-image"):
         assert f"perfectcorp/{feature}: 3 groups" in out
-        assert Style.objects.filter(group__feature=feature, available=True).count() == len(
-            emulator.style_ids(feature)
-        )
+        assert Style.objects.filter(group__feature=feature, available=True).count() == len(emulator.style_ids(feature))
 
 
 def test_sync_without_keys_or_sandbox_is_reported_not_crashed(settings):
@@ -297,10 +324,19 @@ def test_admin_sync_action_and_editable_hide_and_feature(emulator):
     staff = User.objects.create_superuser("staff", "staff@example.com", "pw-staff-123")
     client = Client()
     client.force_login(staff)
+    # Before the first sync there are no rows to select: the changelist's button syncs everything.
+    page = client.get("/admin/studio/style/").content.decode()
+    assert 'data-testid="sync-styles-now"' in page
+    assert client.get("/admin/studio/stylegroup/sync/").status_code == 405
+    response = client.post("/admin/studio/stylegroup/sync/", follow=True)
+    assert response.status_code == 200 and response.redirect_chain[-1][0] == "/admin/studio/style/"
+    assert len([m for m in response.context["messages"]]) == 6
+    assert Style.objects.filter(group__feature="hair-vol").count() == len(emulator.style_ids("hair-vol"))
+    Client().post("/admin/studio/stylegroup/sync/")  # not staff: nothing happens
     make_style("wig", "Long wigs", "1", "Placeholder", group_id=str(emulator.catalogue["wig"][0]["id"]))
     response = client.post(
         "/admin/studio/stylegroup/",
-        {"action": "sync_styles_now", "_selected_action": [StyleGroup.objects.get().pk]},
+        {"action": "sync_styles_now", "_selected_action": [StyleGroup.objects.filter(feature="wig").first().pk]},
         follow=True,
     )
     assert response.status_code == 200
@@ -310,7 +346,9 @@ def test_admin_sync_action_and_editable_hide_and_feature(emulator):
     assert not Style.objects.get(style_id="1").available  # the placeholder is not listed by the vendor
 
     # Staff hide one style and feature another from the list (list_editable).
-    first, second = Style.objects.filter(group__feature="wig", available=True).order_by("group__position", "position")[:2]
+    first, second = Style.objects.filter(group__feature="wig", available=True).order_by("group__position", "position")[
+        :2
+    ]
     changelist = client.get("/admin/studio/style/?group__feature=wig")
     assert changelist.status_code == 200 and f"/styles/{first.pk}/thumbnail" in changelist.content.decode()
     rows = list(Style.objects.filter(group__feature="wig").order_by("group", "-featured", "position", "name"))
@@ -375,7 +413,9 @@ def test_unknown_hidden_or_missing_styles_are_refused(owner_client, photo, synce
     assert Job.objects.count() == 0
 
 
-def test_makeup_transfer_takes_an_owned_reference_photo(owner_client, other_client, photo, portrait_jpeg, no_face_jpeg, synced):
+def test_makeup_transfer_takes_an_owned_reference_photo(
+    owner_client, other_client, photo, portrait_jpeg, no_face_jpeg, synced
+):
     base = {"photo": photo.pk, "operation": "pc_makeup_transfer"}
     assert "Add the photo with the look to copy" in _run(owner_client, base)
     body = _run(owner_client, base, {"reference": SimpleUploadedFile("cup.jpg", no_face_jpeg, "image/jpeg")})
@@ -383,7 +423,7 @@ def test_makeup_transfer_takes_an_owned_reference_photo(owner_client, other_clie
     assert Job.objects.count() == 0
     # The refused reference is stored privately and offered again, not lost.
     kept = Photo.objects.exclude(pk=photo.pk).get()
-    assert 'name="reference_photo" value="%s"' % kept.pk in body
+    assert f'name="reference_photo" value="{kept.pk}"' in body
     # Someone else's photo can't be used as a reference.
     assert other_client.post("/jobs/", {**base, "reference_photo": kept.pk}, headers=HTMX).status_code == 404
 
@@ -411,7 +451,12 @@ def test_object_removal_mask_is_checked_and_sent(owner_client, photo, synced):
     with job.mask.open("rb") as fh, Image.open(fh) as mask:
         assert mask.size == (photo.width, photo.height) and mask.getbbox() == box
     result = job.results.get()
-    with result.image.open("rb") as fh, Image.open(fh) as after, photo.image.open("rb") as fh2, Image.open(fh2) as before:
+    with (
+        result.image.open("rb") as fh,
+        Image.open(fh) as after,
+        photo.image.open("rb") as fh2,
+        Image.open(fh2) as before,
+    ):
         assert after.size == before.size
         # The painted area changed; far from it the photo is (nearly) as it was.
         diff_inside = _mean_diff(before.crop(box), after.crop(box))
@@ -430,7 +475,9 @@ def test_image_generator_needs_no_selfie(owner_client, synced):
     assert "Run Image generator" in page and "Upload a photo to start" not in page
     group_id, style_id = vendor_ids(synced, "text-to-image")[0]
     assert "please write a few words" in _run(owner_client, {"operation": "pc_image_generator", "style_id": style_id})
-    _run(owner_client, {"operation": "pc_image_generator", "style_id": style_id, "prompt": "a ceramic fox, window light"})
+    _run(
+        owner_client, {"operation": "pc_image_generator", "style_id": style_id, "prompt": "a ceramic fox, window light"}
+    )
     job = Job.objects.get()
     assert job.photo is None and job.params["prompt"] == "a ceramic fox, window light"
     assert (job.params["style_id"], job.params["style_group_id"]) == (style_id, group_id)
@@ -491,7 +538,10 @@ def test_every_other_feature_runs_in_sandbox(owner_client, photo, synced, key):
 
 
 def test_a_result_is_chained_into_another_feature_by_its_dst_id(owner_client, photo, synced):
-    _run(owner_client, {"photo": photo.pk, "operation": "pc_hairstyle", "style_id": vendor_ids(synced, "hair-style")[0][1]})
+    _run(
+        owner_client,
+        {"photo": photo.pk, "operation": "pc_hairstyle", "style_id": vendor_ids(synced, "hair-style")[0][1]},
+    )
     first = Job.objects.get()
     result = first.results.get()
     assert result.meta["dst_id"]
@@ -502,7 +552,10 @@ def test_a_result_is_chained_into_another_feature_by_its_dst_id(owner_client, ph
     page = owner_client.get(response["Location"] + "&operation=pc_hair_volume").content.decode()
     assert 'value="pc_hair_volume"' in page and "Run Hair volume" in page
     uploads_before = synced.counters["uploads"]
-    _run(owner_client, {"photo": chained.pk, "operation": "pc_hair_volume", "style_id": vendor_ids(synced, "hair-vol")[0][1]})
+    _run(
+        owner_client,
+        {"photo": chained.pk, "operation": "pc_hair_volume", "style_id": vendor_ids(synced, "hair-vol")[0][1]},
+    )
     second = Job.objects.exclude(pk=first.pk).get()
     assert second.status == Job.Status.SUCCEEDED, second.error_message
     assert synced.counters["uploads"] == uploads_before  # the vendor's own copy was reused

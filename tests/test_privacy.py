@@ -39,8 +39,13 @@ def jpeg_with_everything(img: Image.Image | None = None, *, orientation: int | N
     if orientation:
         exif[0x0112] = orientation
     data = images.to_bytes(
-        img or images.astronaut(scale=2), "JPEG", quality=92, exif=exif, icc_profile=srgb_icc(),
-        comment=b"SECRET-COMMENT", xmp=XMP,
+        img or images.astronaut(scale=2),
+        "JPEG",
+        quality=92,
+        exif=exif,
+        icc_profile=srgb_icc(),
+        comment=b"SECRET-COMMENT",
+        xmp=XMP,
     )
     for needle in (b"SECRET-EXIF", b"SECRET-COMMENT", b"SECRET-XMP", b"ICC_PROFILE"):
         assert needle in data  # the input really carries it
@@ -269,12 +274,25 @@ def test_last_use_counts_not_the_upload_time(owner_client, portrait_jpeg, settin
     owner = Owner(visitor_id=used.owner_visitor)
     now = timezone.now()
     # A job that ended 2 h ago read `used` as its selfie and `reference` as its second photo.
-    Job.objects.create(**owner.fields(), photo=used, reference_photo=reference, operation="studio_retouch",
-                       provider="local", status=Job.Status.SUCCEEDED, created_at=now - timedelta(hours=99),
-                       finished_at=now - timedelta(hours=2))
+    Job.objects.create(
+        **owner.fields(),
+        photo=used,
+        reference_photo=reference,
+        operation="studio_retouch",
+        provider="local",
+        status=Job.Status.SUCCEEDED,
+        created_at=now - timedelta(hours=99),
+        finished_at=now - timedelta(hours=2),
+    )
     # A job still running on `busy` (queued long ago) keeps it, whatever its age.
-    Job.objects.create(**owner.fields(), photo=busy, operation="studio_retouch", provider="local",
-                       status=Job.Status.RUNNING, created_at=now - timedelta(hours=99))
+    Job.objects.create(
+        **owner.fields(),
+        photo=busy,
+        operation="studio_retouch",
+        provider="local",
+        status=Job.Status.RUNNING,
+        created_at=now - timedelta(hours=99),
+    )
 
     assert services.photos_purge_expired() == 0
     assert Photo.objects.count() == 3
@@ -287,9 +305,15 @@ def test_purge_removes_vendor_bound_copies_and_asks_the_vendor(owner_client, por
     settings.STUDIO_RETENTION_HOURS = 1
     photo = make_photo(owner_client, portrait_jpeg)
     owner = Owner(visitor_id=photo.owner_visitor)
-    job = Job.objects.create(**owner.fields(), photo=photo, operation="studio_retouch", provider="fakevendor",
-                             vendor_task_id="vendor-123", status=Job.Status.SUCCEEDED,
-                             finished_at=timezone.now() - timedelta(hours=2))
+    job = Job.objects.create(
+        **owner.fields(),
+        photo=photo,
+        operation="studio_retouch",
+        provider="fakevendor",
+        vendor_task_id="vendor-123",
+        status=Job.Status.SUCCEEDED,
+        finished_at=timezone.now() - timedelta(hours=2),
+    )
     job.mask.save("mask.png", ContentFile(images.to_bytes(Image.new("L", (64, 64), 255), "PNG")), save=True)
     mask_name = job.mask.name
     assert mask_name in media_files()
@@ -381,8 +405,14 @@ def test_delete_everything_removes_all_of_a_visitors_work(portrait_jpeg, fake_ve
     mine = build_work(owner, portrait_jpeg)
     owner.handler.enforce_csrf_checks = True  # from here on, as a browser would
     owner_fields = Owner(visitor_id=mine["photo"].owner_visitor).fields()
-    vendor_job = Job.objects.create(**owner_fields, photo=mine["photo"], operation="studio_retouch",
-                                    provider="fakevendor", vendor_task_id="v-1", status=Job.Status.SUCCEEDED)
+    vendor_job = Job.objects.create(
+        **owner_fields,
+        photo=mine["photo"],
+        operation="studio_retouch",
+        provider="fakevendor",
+        vendor_task_id="v-1",
+        status=Job.Status.SUCCEEDED,
+    )
     vendor_job.mask.save("m.png", ContentFile(images.to_bytes(Image.new("L", (64, 64), 255), "PNG")), save=True)
     assert len(media_files()) > len(their_files)
 
@@ -416,8 +446,13 @@ def test_delete_everything_for_a_signed_in_user_and_a_failing_vendor(portrait_jp
     client = Client()
     client.force_login(user)
     build_work(client, portrait_jpeg)
-    Job.objects.create(owner_user=user, operation="studio_retouch", provider="fakevendor", vendor_task_id="v-2",
-                       status=Job.Status.FAILED)
+    Job.objects.create(
+        owner_user=user,
+        operation="studio_retouch",
+        provider="fakevendor",
+        vendor_task_id="v-2",
+        status=Job.Status.FAILED,
+    )
     fake_vendor.fail_delete = True
     assert Photo.objects.filter(owner_user=user).count() == 2
 
@@ -441,8 +476,9 @@ def test_the_page_names_where_the_photo_goes_before_submit(owner_client, portrai
     assert "stays on this server" in note and "24 h" in note
 
     # A vendor operation names the vendor and how long it keeps the photo.
-    monkeypatch.setitem(OPERATIONS, "studio_retouch", dataclasses.replace(OPERATIONS["studio_retouch"],
-                                                                         provider="fakevendor"))
+    monkeypatch.setitem(
+        OPERATIONS, "studio_retouch", dataclasses.replace(OPERATIONS["studio_retouch"], provider="fakevendor")
+    )
     page = owner_client.get(f"/?photo={photo.pk}&operation=studio_retouch", headers=HTMX).content.decode()
     note = page.split('data-testid="privacy-note"', 1)[1].split("</p>", 1)[0]
     assert "Fake Vendor" in note and FakeVendor.data_notice in note and "stays on this server" not in note
@@ -482,3 +518,16 @@ def test_share_links_are_random_constant_time_and_can_expire(owner_client, portr
     ShareLink.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     assert Client().get(f"/s/{link.token}").status_code == 404
     assert Client().get(f"/s/{link.token}/image").status_code == 404
+
+
+def test_a_painted_mask_sent_to_a_vendor_carries_no_metadata():
+    from studio.imaging import carries_metadata
+    from studio.job_inputs import mask_clean
+
+    canvas = Image.new("RGB", (64, 64), "black")
+    canvas.paste((255, 255, 255), (10, 10, 30, 30))
+    dirty = png_with_everything(canvas)
+    clean = mask_clean(dirty, size=(64, 64))
+    assert not carries_metadata(clean)
+    assert_no_metadata(clean)
+    assert Image.open(io.BytesIO(clean)).getpixel((20, 20)) == 255

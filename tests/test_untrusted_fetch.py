@@ -39,7 +39,9 @@ def dns(monkeypatch):
         addresses = table.get(host, [host] if _is_ip(host) else None)
         if addresses is None:
             raise socket.gaierror("unknown host")
-        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses
+        ]
 
     monkeypatch.setattr(vendor_http.socket, "getaddrinfo", getaddrinfo)
     table["_lookups"] = lookups  # type: ignore[assignment]
@@ -74,8 +76,9 @@ class Recorder:
 
 def client_for(routes) -> tuple[VendorHttp, Recorder]:
     recorder = Recorder(routes)
-    return VendorHttp(vendor="Acme", base_url="https://api.vendor.example", transport=httpx.MockTransport(recorder),
-                      retries=0), recorder
+    return VendorHttp(
+        vendor="Acme", base_url="https://api.vendor.example", transport=httpx.MockTransport(recorder), retries=0
+    ), recorder
 
 
 def image_response(data=JPEG, content_type="image/jpeg", **headers):
@@ -85,11 +88,20 @@ def image_response(data=JPEG, content_type="image/jpeg", **headers):
 # --- Schemes and addresses ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", [
-    "ftp://cdn.vendor.example/a.jpg", "file:///etc/passwd", "data:image/jpeg;base64,AAAA",
-    "javascript:alert(1)", "gopher://cdn.vendor.example/", "//cdn.vendor.example/a.jpg", "https:///a.jpg",
-    "http://[::1/a.jpg", "https://cdn.vendor.example:99999/a.jpg",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://cdn.vendor.example/a.jpg",
+        "file:///etc/passwd",
+        "data:image/jpeg;base64,AAAA",
+        "javascript:alert(1)",
+        "gopher://cdn.vendor.example/",
+        "//cdn.vendor.example/a.jpg",
+        "https:///a.jpg",
+        "http://[::1/a.jpg",
+        "https://cdn.vendor.example:99999/a.jpg",
+    ],
+)
 def test_only_http_and_https(dns, url):
     http, recorder = client_for({"/a.jpg": image_response()})
     with pytest.raises(VendorError, match="invalid result link"):
@@ -97,13 +109,27 @@ def test_only_http_and_https(dns, url):
     assert recorder.requests == []
 
 
-@pytest.mark.parametrize("address", [
-    "127.0.0.1", "10.1.2.3", "172.16.0.9", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
-    "224.0.0.1", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254",
-    "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
-    "2002:7f00:1::1",  # 6to4 of 127.0.0.1
-    "2002:a00:1::1",  # 6to4 of 10.0.0.1
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.9",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "::1",
+        "fd00::1",
+        "fe80::1",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+    ],
+)
 def test_private_and_special_addresses_are_refused(dns, address):
     dns["cdn.vendor.example"] = [address]
     http, recorder = client_for({"/a.jpg": image_response()})
@@ -153,10 +179,12 @@ def test_ipv6_vendor_address_is_pinned_with_brackets(dns):
 
 def test_redirect_to_a_private_address_is_refused(dns):
     dns["metadata.internal"] = ["169.254.169.254"]
-    http, recorder = client_for({
-        "/a.jpg": httpx.Response(302, headers={"Location": "http://metadata.internal/latest/meta-data/"}),
-        "/latest/meta-data/": image_response(),
-    })
+    http, recorder = client_for(
+        {
+            "/a.jpg": httpx.Response(302, headers={"Location": "http://metadata.internal/latest/meta-data/"}),
+            "/latest/meta-data/": image_response(),
+        }
+    )
     with pytest.raises(VendorError, match="link we don't follow"):
         http.download("https://cdn.vendor.example/a.jpg")
     assert [r.url.path for r in recorder.requests] == ["/a.jpg"]  # the private one was never asked
@@ -171,16 +199,21 @@ def test_redirect_to_another_scheme_is_refused(dns):
 
 def test_public_redirects_are_followed_a_few_times_only(dns):
     dns["files.vendor.example"] = [PUBLIC]
-    http, recorder = client_for({
-        "/a.jpg": httpx.Response(302, headers={"Location": "https://files.vendor.example/b.jpg"}),
-        "/b.jpg": httpx.Response(307, headers={"Location": "/c.jpg"}),
-        "/c.jpg": image_response(),
-        "/loop": httpx.Response(302, headers={"Location": "/loop"}),
-    })
+    http, recorder = client_for(
+        {
+            "/a.jpg": httpx.Response(302, headers={"Location": "https://files.vendor.example/b.jpg"}),
+            "/b.jpg": httpx.Response(307, headers={"Location": "/c.jpg"}),
+            "/c.jpg": image_response(),
+            "/loop": httpx.Response(302, headers={"Location": "/loop"}),
+        }
+    )
     data, _ = http.download("https://cdn.vendor.example/a.jpg")
     assert data == JPEG
-    assert [r.headers["Host"] for r in recorder.requests] == ["cdn.vendor.example", "files.vendor.example",
-                                                              "files.vendor.example"]
+    assert [r.headers["Host"] for r in recorder.requests] == [
+        "cdn.vendor.example",
+        "files.vendor.example",
+        "files.vendor.example",
+    ]
     recorder.requests.clear()
     with pytest.raises(VendorError, match="redirected too many times"):
         http.download("https://cdn.vendor.example/loop", max_redirects=3)
@@ -197,8 +230,13 @@ def test_declared_size_over_the_cap_is_refused_before_reading(dns):
         read.append(1)
         yield JPEG
 
-    http, _ = client_for({"/a.jpg": lambda r: httpx.Response(
-        200, headers={"Content-Type": "image/jpeg", "Content-Length": str(10**9)}, content=stream())})
+    http, _ = client_for(
+        {
+            "/a.jpg": lambda r: httpx.Response(
+                200, headers={"Content-Type": "image/jpeg", "Content-Length": str(10**9)}, content=stream()
+            )
+        }
+    )
     with pytest.raises(VendorError, match="too large"):
         http.download("https://cdn.vendor.example/a.jpg", max_bytes=1024 * 1024)
     assert read == []
@@ -212,8 +250,9 @@ def test_undeclared_size_is_capped_while_streaming(dns):
             sent.append(1)
             yield b"\0" * 65536
 
-    http, _ = client_for({"/a.jpg": lambda r: httpx.Response(200, headers={"Content-Type": "image/jpeg"},
-                                                             content=endless())})
+    http, _ = client_for(
+        {"/a.jpg": lambda r: httpx.Response(200, headers={"Content-Type": "image/jpeg"}, content=endless())}
+    )
     with pytest.raises(VendorError, match="too large"):
         http.download("https://cdn.vendor.example/a.jpg", max_bytes=1024 * 1024)
     assert len(sent) < 40  # stopped soon after 1 MB, not after 64 MB
@@ -229,8 +268,9 @@ def test_gzip_bomb_is_capped_on_decoded_bytes(dns):
         http.download("https://cdn.vendor.example/a.jpg", max_bytes=1024 * 1024)
 
 
-@pytest.mark.parametrize("content_type", ["text/html", "image/svg+xml", "application/octet-stream", "",
-                                          "application/zip", "image/gif"])
+@pytest.mark.parametrize(
+    "content_type", ["text/html", "image/svg+xml", "application/octet-stream", "", "application/zip", "image/gif"]
+)
 def test_content_type_must_be_an_accepted_image(dns, content_type):
     http, _ = client_for({"/a.jpg": image_response(content_type=content_type)})
     with pytest.raises(VendorError, match="not an image"):
@@ -252,8 +292,9 @@ def test_total_time_is_capped(dns, monkeypatch):
             now[0] += 5  # each chunk "takes" five seconds
             yield b"\0" * 10
 
-    http, _ = client_for({"/a.jpg": lambda r: httpx.Response(200, headers={"Content-Type": "image/jpeg"},
-                                                             content=trickle())})
+    http, _ = client_for(
+        {"/a.jpg": lambda r: httpx.Response(200, headers={"Content-Type": "image/jpeg"}, content=trickle())}
+    )
     with pytest.raises(VendorError, match="took too long") as info:
         http.download("https://cdn.vendor.example/a.jpg", max_seconds=20)
     assert not info.value.permanent
@@ -314,12 +355,15 @@ def test_real_slow_server_is_cut_off(local_server):
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("payload", [
-    b"<html><script>alert(1)</script></html>",
-    b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>',
-    JPEG[: len(JPEG) // 3],
-    b"",
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"<html><script>alert(1)</script></html>",
+        b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>',
+        JPEG[: len(JPEG) // 3],
+        b"",
+    ],
+)
 def test_a_vendor_file_that_is_not_an_image_is_never_stored(owner_client, portrait_jpeg, monkeypatch, payload):
     from django.core.files.storage import default_storage
 
@@ -329,8 +373,13 @@ def test_a_vendor_file_that_is_not_an_image_is_never_stored(owner_client, portra
     from studio.vendors.local import LocalProvider
     from tests.conftest import upload
 
-    monkeypatch.setattr(LocalProvider, "submit", lambda self, job: Submission(
-        task_id="t", progress=Progress(finished=True, outputs=(Output(data=payload, content_type="image/jpeg"),))))
+    monkeypatch.setattr(
+        LocalProvider,
+        "submit",
+        lambda self, job: Submission(
+            task_id="t", progress=Progress(finished=True, outputs=(Output(data=payload, content_type="image/jpeg"),))
+        ),
+    )
     upload(owner_client, portrait_jpeg)
     photo = Photo.objects.get()
     owner_client.post("/jobs/", {"photo": str(photo.pk), "operation": "studio_retouch"}, headers={"HX-Request": "true"})

@@ -139,7 +139,9 @@ def secret_setting_names() -> list[str]:
     return [
         name
         for name in dir(django_settings)
-        if name.isupper() and (name.endswith(("_KEY", "_SECRET", "_TOKEN", "_PASSWORD"))) and name != "SECRET_KEY"
+        if name.isupper()
+        and (name.endswith(("_KEY", "_SECRET", "_TOKEN", "_PASSWORD")))
+        and name != "SECRET_KEY"
         and isinstance(getattr(django_settings, name), str)
     ]
 
@@ -188,8 +190,17 @@ def test_keys_can_come_from_files(tmp_path):
     env = {**os.environ, "WAVESPEED_API_KEY_FILE": str(key_file), "STUDIO_DATA_DIR": str(tmp_path)}
     env.pop("WAVESPEED_API_KEY", None)
     run = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c",
-         "from django.conf import settings; print(settings.WAVESPEED_API_KEY == 'sk-from-a-file-123')"],
-        cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "-c",
+            "from django.conf import settings; print(settings.WAVESPEED_API_KEY == 'sk-from-a-file-123')",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.stdout.strip().splitlines()[-1] == "True", run.stderr

@@ -239,6 +239,7 @@
       // The posted mask, made after every change so submitting never waits for it.
       function exportMask() {
         updateControls();
+        editor.dataset.maskReady = ""; // set again once the new mask is in the form
         var transfer = new DataTransfer();
         if (!strokes.length) {
           fileInput.files = transfer.files;

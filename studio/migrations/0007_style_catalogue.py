@@ -41,7 +41,7 @@ class Migration(migrations.Migration):
                 ('thumbnail', models.FileField(blank=True, upload_to=studio.models._style_thumb_path)),
                 ('thumb_width', models.PositiveIntegerField(default=0)),
                 ('thumb_height', models.PositiveIntegerField(default=0)),
-                ('vendor_thumb_url', models.URLField(blank=True, max_length=1000)),
+                ('vendor_thumb_url', models.CharField(blank=True, max_length=1000)),
                 ('hidden', models.BooleanField(default=False, help_text='Hide from users.')),
                 ('featured', models.BooleanField(default=False, help_text='Show first.')),
                 ('available', models.BooleanField(default=True, help_text='Still listed by the vendor at the last sync.')),

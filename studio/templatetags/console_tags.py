@@ -26,3 +26,20 @@ def money(value):
     if value is None or value == "":
         return "—"
     return f"${Decimal(value):.4f}".rstrip("0").rstrip(".") if Decimal(value) else "$0"
+
+
+@register.filter
+def fact(value) -> str:
+    """A provider status value as readable text: request windows as "3 of 100 per 60 s", others plainly."""
+    if isinstance(value, dict):
+        if {"limit", "used"} <= value.keys():
+            per = f" per {value['seconds']:g} s" if isinstance(value.get("seconds"), (int, float)) else ""
+            return f"{value['used']} of {value['limit']}{per}"
+        return "; ".join(f"{str(key).replace('_', ' ')}: {fact(item)}" for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(fact(item) for item in value) or "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "—" if value is None or value == "" else str(value)

@@ -31,11 +31,23 @@ from dataclasses import dataclass
 
 from django.core.cache import cache as default_cache
 
+from studio.vendors.base import VendorError
+
 log = logging.getLogger(__name__)
 
 
 class BudgetTimeout(Exception):
     """The budget had no room before the caller's deadline."""
+
+
+class CapacityWait(VendorError):
+    """No room in the budget before this worker's time runs out: run the job again later.
+
+    The job runner puts a job that fails with this back in the queue
+    (`requeue`) instead of failing it; it has sent nothing to the vendor yet.
+    """
+
+    requeue = True
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,11 @@ class RequestBudget:
         self.clock = clock
         self.sleep = sleep
         self.poll_pause_cap = poll_pause_cap  # a paused budget delays a poll at most this long
+        # How often a waiter looks again: a small share of the shortest window
+        # (0.5 s for a 60 s window), so a scaled-down clock keeps the same behaviour.
+        shortest = min(w.seconds for w in windows)
+        self.recheck = min(0.5, shortest / 120)
+        self.max_sleep = min(2.0, shortest / 30)
         self._state_key = f"budget:{namespace}:state"
         self._lock_key = f"budget:{namespace}:lock"
 
@@ -96,6 +113,15 @@ class RequestBudget:
             if self.cache.get(self._lock_key) == token:
                 self.cache.delete(self._lock_key)
 
+    def _peek(self, now: float) -> dict:
+        """The state without taking the lock: waiters look here first, so they don't queue on the mutex."""
+        state = self.cache.get(self._state_key) or {}
+        state.setdefault("log", [])
+        state.setdefault("jobs", {})
+        state.setdefault("paused_until", 0.0)
+        self._prune(state, now)
+        return state
+
     def _prune(self, state: dict, now: float) -> None:
         longest = max(w.seconds for w in self.windows)
         state["log"] = [t for t in state["log"] if t > now - longest]
@@ -114,7 +140,7 @@ class RequestBudget:
                 continue
             if over > len(in_window):
                 # Reservations alone block it: look again when running jobs have moved on.
-                wait = max(wait, 0.5)
+                wait = max(wait, self.recheck)
             else:
                 wait = max(wait, in_window[over - 1] + window.seconds - now + 0.01)
         return wait
@@ -124,36 +150,48 @@ class RequestBudget:
     def admit(
         self,
         job_key: str,
-        expected: int,
+        expected: int | Callable[[], int],
         *,
         deadline: float,
         on_wait: Callable[[], None] | None = None,
     ) -> None:
         """Reserve `expected` requests for a new job, waiting until the budget can carry them.
 
-        Raises BudgetTimeout when the deadline passes first. Re-admitting a job
-        that already holds a reservation tops it up to `expected`.
+        `expected` may be a function, asked again on every try, so a job that
+        waits long reserves what recent jobs needed. Raises BudgetTimeout when
+        the deadline passes first. Re-admitting a job that already holds a
+        reservation tops it up to `expected`.
         """
+        estimate = expected if callable(expected) else (lambda: expected)
         waited = False
         while True:
             now = self.clock()
-            with self._locked() as state:
-                self._prune(state, now)
-                held = state["jobs"].get(job_key, {}).get("left", 0)
-                wait = max(0.0, state["paused_until"] - now)
-                if not wait:
-                    wait = self._wait_for(
-                        state, now, max(0, expected - held), exclude=job_key, reserve=True, headroom=self.headroom
-                    )
-                if wait <= 0:
-                    state["jobs"][job_key] = {"left": max(expected, held), "expires": now + self.reservation_ttl}
-                    return
+            # A job never needs more than a window can hold; polls beyond it come from the headroom.
+            expected = max(1, min(estimate(), min(w.limit for w in self.windows) - self.headroom))
+            wait = self._admission_wait(self._peek(now), now, job_key, expected)
+            if wait <= 0:
+                with self._locked() as state:
+                    self._prune(state, now)
+                    wait = self._admission_wait(state, now, job_key, expected)
+                    if wait <= 0:
+                        held = state["jobs"].get(job_key, {}).get("left", 0)
+                        state["jobs"][job_key] = {"left": max(expected, held), "expires": now + self.reservation_ttl}
+                        return
             if now + wait > deadline:
                 raise BudgetTimeout
-            if on_wait and not waited:
-                on_wait()
-            waited = True
-            self.sleep(min(wait, 2.0))
+            if on_wait and (waited is False or now - waited >= 10):
+                on_wait()  # says so on the job, and every 10 s keeps its heartbeat fresh
+                waited = now
+            self.sleep(min(wait, self.max_sleep))
+
+    def _admission_wait(self, state: dict, now: float, job_key: str, expected: int) -> float:
+        held = state["jobs"].get(job_key, {}).get("left", 0)
+        pause = max(0.0, state["paused_until"] - now)
+        if pause:
+            return pause
+        return self._wait_for(
+            state, now, max(0, expected - held), exclude=job_key, reserve=True, headroom=self.headroom
+        )
 
     def take(
         self, job_key: str | None = None, *, urgent: bool = False, poll: bool = False, deadline: float | None = None
@@ -167,32 +205,37 @@ class RequestBudget:
         poll_pause_until: float | None = None
         while True:
             now = self.clock()
-            with self._locked() as state:
-                self._prune(state, now)
-                job = state["jobs"].get(job_key) if job_key else None
-                pause = max(0.0, state["paused_until"] - now)
-                if poll:
-                    # The 10-second rule keeps running: a poll waits out a pause only briefly.
-                    if poll_pause_until is None:
-                        poll_pause_until = now + min(pause, self.poll_pause_cap)
-                    pause = max(0.0, poll_pause_until - now)
-                if pause:
-                    wait = pause
-                elif job is not None and job["left"] > 0:
-                    wait = self._wait_for(state, now, 1, exclude=job_key, reserve=True, headroom=0)
-                elif urgent or poll or job_key:
-                    wait = self._wait_for(state, now, 1, exclude=None, reserve=True, headroom=0)
-                else:
-                    wait = self._wait_for(state, now, 1, exclude=None, reserve=True, headroom=self.headroom)
-                if wait <= 0:
-                    state["log"].append(now)
-                    if job is not None:
-                        job["left"] = max(0, job["left"] - 1)
-                        job["expires"] = now + self.reservation_ttl
-                    return
+            if poll and poll_pause_until is None:
+                # The 10-second rule keeps running: a poll waits out a pause only briefly.
+                poll_pause_until = now + min(max(0.0, self._peek(now)["paused_until"] - now), self.poll_pause_cap)
+            wait = self._take_wait(self._peek(now), now, job_key, urgent, poll, poll_pause_until)
+            if wait <= 0:
+                with self._locked() as state:
+                    self._prune(state, now)
+                    wait = self._take_wait(state, now, job_key, urgent, poll, poll_pause_until)
+                    if wait <= 0:
+                        state["log"].append(now)
+                        job = state["jobs"].get(job_key) if job_key else None
+                        if job is not None:
+                            job["left"] = max(0, job["left"] - 1)
+                            job["expires"] = now + self.reservation_ttl
+                        return
             if deadline is not None and now + wait > deadline:
                 raise BudgetTimeout
-            self.sleep(min(wait, 1.0))
+            self.sleep(min(wait, self.max_sleep / 2))
+
+    def _take_wait(self, state, now, job_key, urgent, poll, poll_pause_until) -> float:
+        pause = max(0.0, state["paused_until"] - now)
+        if poll:
+            pause = max(0.0, (poll_pause_until or now) - now)
+        if pause:
+            return pause
+        job = state["jobs"].get(job_key) if job_key else None
+        if job is not None and job["left"] > 0:
+            return self._wait_for(state, now, 1, exclude=job_key, reserve=True, headroom=0)
+        if urgent or poll or job_key:
+            return self._wait_for(state, now, 1, exclude=None, reserve=True, headroom=0)
+        return self._wait_for(state, now, 1, exclude=None, reserve=True, headroom=self.headroom)
 
     def extend(self, job_key: str, more: int) -> None:
         """Add requests to a running job's reservation (e.g. a resubmission), without waiting."""

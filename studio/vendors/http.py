@@ -163,7 +163,9 @@ class VendorHttp:
         on 127.0.0.1); the body is capped in size and in total time.
         """
         started = time.monotonic()
-        too_slow = VendorError(f"Fetching the result from {self.vendor} took too long. Please try again.", permanent=False)
+        too_slow = VendorError(
+            f"Fetching the result from {self.vendor} took too long. Please try again.", permanent=False
+        )
         for _ in range(max_redirects + 1):
             address = _check_url(url, self.vendor, allow_private=allow_private)
             remaining = max_seconds - (time.monotonic() - started)
