@@ -304,7 +304,10 @@ def job_run(job_id) -> None:
         job_mark_failed(job.pk, GENERIC_FAILURE)
     else:
         # A staff preview of a style template: its result becomes the template's cover.
-        template_cover_from_preview(job.pk)
+        try:
+            template_cover_from_preview(job.pk)
+        except Exception:  # the job itself succeeded; a cover can be made again
+            log.exception("making a template cover from job %s failed", job.pk)
 
 
 def _read(field) -> bytes:
@@ -600,6 +603,8 @@ def template_save_from_result(*, result: Result, name: str = "") -> StyleTemplat
     job = result.job
     if job.operation_spec is None:
         raise ServiceError("This result's operation is no longer offered.")
+    if not {p.name for p in job.operation_spec.params} & {"prompt", "seed"}:
+        raise ServiceError(f"{job.operation_label} takes no prompt or seed, so there is no look to save.")
     params = {k: v for k, v in job.params.items() if k not in ("prompt", "seed")}
     seed = result.meta.get("seed", job.params.get("seed"))
     name = (name or "").strip()[:80] or f"{job.operation_label} {str(result.pk)[:6]}"

@@ -118,3 +118,19 @@ def test_a_chained_result_is_sent_by_dst_id(emulator, photo):
     assert second.status == Job.Status.SUCCEEDED, second.error_message
     assert emulator.counters["uploads"] == uploads
     assert list(emulator.tasks.values())[-1].inputs["src_ids"] == [first.results.get().meta["dst_id"]]
+
+
+def test_a_job_waiting_for_capacity_longer_than_a_worker_may_run_goes_back_to_the_queue(emulator, photo, settings):
+    settings.PERFECTCORP_RATE_PER_IP = 8
+    settings.PERFECTCORP_RATE_WINDOW_IP_S = 6
+    settings.STUDIO_JOB_TIMEOUT = 2  # a worker may wait 1 s; the window frees after 6 s
+    from studio.vendors.base import get_provider
+
+    budget = get_provider("perfectcorp").budget()
+    for _ in range(8):
+        budget.take(urgent=True)  # other processes used the whole window
+    job = services.job_create(owner=OWNER, photo=photo, operation=_op("pc_colorize"), params={})
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, job.error_message
+    assert job.attempts >= 3  # claimed again after each hand-back
+    assert emulator.counters["charges"] == 1 and emulator.counters["429"] == 0

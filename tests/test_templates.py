@@ -200,6 +200,19 @@ def test_staff_saves_a_result_as_a_template(staff_user, staff_client, portrait_j
     staff_client.post(f"/results/{result.pk}/save-template", {"name": "Warm brown"})
     assert StyleTemplate.objects.filter(slug="warm-brown-2").exists()  # slugs stay unique
 
+    # A result of an operation without prompt or seed has no look to save.
+    photo = result.job.photo
+    retouch = services.job_create(
+        owner=Owner(user_id=staff_user.pk),
+        photo=photo,
+        operation=get_operation("studio_retouch"),
+        params={"strength": 0.5},
+    ).results.get()
+    assert "save-template" not in staff_client.get(f"/results/{retouch.pk}/").content.decode()
+    response = staff_client.post(f"/results/{retouch.pk}/save-template", {"name": "Nope"}, follow=True)
+    assert "takes no prompt or seed" in response.content.decode()
+    assert not StyleTemplate.objects.filter(name="Nope").exists()
+
 
 @pytest.mark.django_db(transaction=True)
 def test_save_as_template_is_for_staff_only(owner_client, portrait_jpeg, sandboxed):

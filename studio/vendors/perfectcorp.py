@@ -505,7 +505,7 @@ class PerfectCorpProvider(RemoteProvider):
         budget = self.budget()
         job_deadline = job.deadline or time.time() + settings.PERFECTCORP_JOB_DEADLINE_S
         # The worker must keep time to run and poll the task after waiting.
-        worker_limit = time.time() + max(10.0, settings.STUDIO_JOB_TIMEOUT - 60)
+        worker_limit = time.time() + max(settings.STUDIO_JOB_TIMEOUT * 0.5, settings.STUDIO_JOB_TIMEOUT - 60)
         try:
             budget.admit(
                 job.job_id,
