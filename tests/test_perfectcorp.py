@@ -873,3 +873,12 @@ def test_status_shows_the_budget(pc_local, emulator, portrait_jpeg):
         == emulator.counters["requests"] - emulator.counters["uploads"] - (emulator.counters["downloads"])
     )
     assert base64.b64decode(emulator.public_key_b64)  # the test key is a real SPKI blob
+
+
+def test_a_dst_id_the_vendor_never_saw_falls_back_to_an_upload(pc_local, emulator, portrait_jpeg):
+    """E.g. a result made by another sandbox process, or a dst_id refused as unknown."""
+    first, _ = run(pc_local, job_input("pc_colorize", portrait_jpeg))
+    job = chained("pc_enhance", first[0].data, first, emulator, scale="1")
+    job.source_meta["dst_id"] = "D+unknown/id=="
+    outputs, _ = run(pc_local, job)
+    assert outputs and emulator.counters["uploads"] == 2 and emulator.counters["charges"] == 2

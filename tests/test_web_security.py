@@ -115,6 +115,8 @@ def test_htmx_is_configured_for_the_policy(owner_client):
     config = page.split('name="htmx-config" content=\'', 1)[1].split("'", 1)[0]
     assert '"includeIndicatorStyles": false' in config  # no <style> injected by htmx
     assert '"allowEval": false' in config
+    # htmx would otherwise copy `style` attributes with setAttribute while settling a swap.
+    assert '"attributesToSettle": ["class", "width", "height"]' in config
     assert '"^(413|429)$", "swap": true' in config  # refusals are shown, not dropped
 
 

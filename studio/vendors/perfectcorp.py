@@ -525,18 +525,20 @@ class PerfectCorpProvider(RemoteProvider):
         job.report(PROCESSING, 0.1)
         return Submission(task_id, Progress(False, PROCESSING, 0.1, poll_after=self._poll_after(feature, 0.0, 0.0)))
 
-    def _request_id(self, job: JobInput, attempt: int) -> int:
+    def _request_id(self, job: JobInput, run_index: int) -> int:
         """The run's integer request_id: from the job's id for this run, one more per deliberate re-run."""
         base = int(hashlib.sha256(job.request_id.encode()).hexdigest()[:12], 16)  # < 2**48, safe everywhere
-        return base * 8 + attempt
+        return base * 8 + run_index
 
     def _start(
         self, job: JobInput, feature: Feature, prepared: Prepared, budget: RequestBudget, *, attempt: int
     ) -> str:
+        used_dst = self._reusable_dst(job, feature)
         file_sets = self._file_sets(job, feature, prepared, budget)
-        request_id = self._request_id(job, attempt)
+        run_index = int(job.state.get("run_index", 0))  # one more per deliberate new run of this job
+        request_id = self._request_id(job, run_index)
         # Stored before the call: a retry after a lost answer sends the same id, and is not charged twice.
-        job.save_state(request_id=request_id, attempt=attempt)
+        job.save_state(request_id=request_id, attempt=attempt, run_index=run_index)
         action: dict[str, Any] = {"id": 0}
         params = self._action_params(job, feature, budget)
         if params:
@@ -554,8 +556,13 @@ class PerfectCorpProvider(RemoteProvider):
         if status >= 400:
             if status == 404 and not job.state.get("reuploaded"):
                 # Run on a file whose bytes never arrived: upload again, once.
-                job.save_state(uploads={}, reuploaded=True)
+                job.save_state(uploads={}, reuploaded=True, run_index=run_index + 1)
                 budget.extend(job.job_id, len(feature.file_sets) + 1)
+                return self._start(job, feature, prepared, budget, attempt=attempt)
+            if status == 400 and used_dst and body.get("error_code") in (None, "InvalidParameters", "BadRequest"):
+                # The vendor no longer knows the earlier result: send the photo itself, once.
+                job.save_state(dst_failed=True, run_index=run_index + 1)
+                budget.extend(job.job_id, len(feature.file_sets))
                 return self._start(job, feature, prepared, budget, attempt=attempt)
             self._raise_http(status, body, during="the task")
         result = self._result(body)
@@ -726,6 +733,7 @@ class PerfectCorpProvider(RemoteProvider):
         if attempt >= 1:
             budget.release(job.job_id)
             raise VendorError(message, permanent=True)
+        job.save_state(run_index=int(job.state.get("run_index", 0)) + 1)  # a new request_id
         if reason in REUPLOAD:
             job.save_state(uploads={}, dst_failed=True)
         prepared = self.preflight(job, feature)
