@@ -289,7 +289,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
         "Hairstyle try-on",
         "Hairstyle",
         "See yourself with a new haircut: pick one or several styles from the catalogue.",
-        "💇",
+        "hair",
     ),
     _pc_hair(
         "pc_wig",
@@ -297,7 +297,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
         "Wig try-on",
         "Wig",
         "Try long, short and medium wigs, straight to coily, before you buy one.",
-        "👱",
+        "hair",
     ),
     _pc_hair(
         "pc_hair_extension",
@@ -305,7 +305,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
         "Hair extensions",
         "Extension",
         "Preview longer hair with extensions in several lengths.",
-        "🧶",
+        "hair",
     ),
     _pc_hair(
         "pc_bangs",
@@ -313,7 +313,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
         "Bangs",
         "Bangs style",
         "Try fringes and bangs on your own hair.",
-        "✂️",
+        "hair",
     ),
     _pc_hair(
         "pc_hair_volume",
@@ -321,7 +321,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
         "Hair volume",
         "Volume",
         "Fuller, denser hair: fills thin spots and adds natural volume.",
-        "🌬️",
+        "hair",
     ),
     Operation(
         key="pc_aging",
@@ -331,7 +331,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
         # Not on the vendor page; newer vendor docs ask for one person (§1.9.1 [PR]).
         limits=InputLimits(max_long_side=4096, max_bytes=_PC_MAX_BYTES, min_faces=1, max_faces=1),
         outputs=1,  # at least; the engine decides how many ages the series has
-        icon="⏳",
+        icon="aging",
     ),
     Operation(
         key="pc_makeup_transfer",
@@ -340,7 +340,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
         provider="perfectcorp",
         inputs=Inputs(reference_label="Photo with the look to copy"),
         limits=InputLimits(max_long_side=1024, max_bytes=_PC_MAX_BYTES, min_faces=1, max_faces=1),
-        icon="💄",
+        icon="makeup",
     ),
     Operation(
         key="pc_object_removal",
@@ -349,7 +349,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
         provider="perfectcorp",
         inputs=Inputs(mask=True),
         limits=_PC_EDIT_LIMITS,
-        icon="🧽",
+        icon="eraser",
     ),
     Operation(
         key="pc_colorize",
@@ -357,7 +357,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
         summary="Brings black-and-white and faded photos back to colour.",
         provider="perfectcorp",
         limits=_PC_EDIT_LIMITS,
-        icon="🎨",
+        icon="colorize",
     ),
     Operation(
         key="pc_background_removal",
@@ -366,7 +366,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
         provider="perfectcorp",
         limits=_PC_EDIT_LIMITS,
         output_format="PNG",
-        icon="✂",
+        icon="cutout",
     ),
     Operation(
         key="pc_enhance",
@@ -384,7 +384,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
             ),
         ),
         limits=_PC_EDIT_LIMITS,
-        icon="🔍",
+        icon="enhance",
     ),
     Operation(
         key="pc_image_generator",
@@ -405,7 +405,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
         # prompt_label: the prompt is required (job_inputs checks it).
         inputs=Inputs(selfie=False, prompt_label="Describe the picture"),
         limits=InputLimits(),
-        icon="🖌️",
+        icon="generate",
     ),
 )
 
@@ -467,7 +467,7 @@ HEADSHOT_OPERATIONS: tuple[Operation, ...] = (
         inputs=Inputs(prompt_label="Describe the look (or pick a template)"),
         # The vendor documents no input limits; ours (§4.5 [EMU]): one face, ≤ 5 MB, ≤ 2048 px.
         limits=InputLimits(max_long_side=2048, max_bytes=5 * _MB, min_faces=1, max_faces=1),
-        icon="👔",
+        icon="headshot",
     ),
 )
 
@@ -484,7 +484,7 @@ WAVESPEED_OPERATIONS: tuple[Operation, ...] = (
         ),
         inputs=Inputs(prompt_label="Edit instruction"),
         limits=InputLimits(max_long_side=2048, max_bytes=10 * _MB, min_faces=1),
-        icon="💫",
+        icon="sparkle",
     ),
     Operation(
         key="ws_character",
@@ -499,7 +499,7 @@ WAVESPEED_OPERATIONS: tuple[Operation, ...] = (
         ),
         inputs=Inputs(prompt_label="Action, mood and setting"),
         limits=InputLimits(max_long_side=2048, max_bytes=10 * _MB, min_faces=1, max_faces=1),
-        icon="🦸",
+        icon="character",
     ),
 )
 
@@ -540,7 +540,7 @@ VTRIX_OPERATIONS: tuple[Operation, ...] = (
         # The vendor page: JPG/PNG (we always send our normalized JPEG), ≤ 5 MB,
         # ≤ 4096 × 4096, exactly one face.
         limits=InputLimits(max_long_side=4096, max_bytes=5 * _MB, min_faces=1, max_faces=1),
-        icon="✨",
+        icon="sparkle",
     ),
 )
 
