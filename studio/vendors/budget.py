@@ -177,8 +177,10 @@ class RequestBudget:
                         held = state["jobs"].get(job_key, {}).get("left", 0)
                         state["jobs"][job_key] = {"left": max(expected, held), "expires": now + self.reservation_ttl}
                         return
-            if now + wait > deadline:
+            if now >= deadline:
                 raise BudgetTimeout
+            # Waits until the deadline even when the room comes later: a worker spends its time waiting.
+            wait = min(wait, deadline - now)
             if on_wait and (waited is False or now - waited >= 10):
                 on_wait()  # says so on the job, and every 10 s keeps its heartbeat fresh
                 waited = now

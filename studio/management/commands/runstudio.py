@@ -32,14 +32,18 @@ class Command(BaseCommand):
             "--timeout", "60", "--access-logfile", "-", "--log-level", "warning",
         ]
         worker = [python, "manage.py", "qcluster"]
+        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        env = dict(os.environ)
+        # Signed photo links handed to vendors (and to the sandbox's emulators)
+        # must point at this server unless the public address was set.
+        env.setdefault("STUDIO_PUBLIC_URL", f"http://{shown_host}:{port}")
         # Children get their own session: Ctrl-C in the terminal reaches only
         # this supervisor, which then stops them, so a child that exits from
         # the signal is never mistaken for a crash.
         children = {
-            "web": subprocess.Popen(web, cwd=settings.BASE_DIR, start_new_session=True),
-            "worker": subprocess.Popen(worker, cwd=settings.BASE_DIR, start_new_session=True),
+            "web": subprocess.Popen(web, cwd=settings.BASE_DIR, env=env, start_new_session=True),
+            "worker": subprocess.Popen(worker, cwd=settings.BASE_DIR, env=env, start_new_session=True),
         }
-        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.stdout.write(self.style.SUCCESS(f"\nPortrait Studio is running at http://{shown_host}:{port}/"))
         self.stdout.write(f"Data (database, photos) is kept in {settings.DATA_DIR}. Press Ctrl-C to stop.\n")
 
