@@ -202,7 +202,12 @@ PERFECTCORP_RSA_PADDING = env_str("PERFECTCORP_RSA_PADDING", "pkcs1v15")  # or "
 # JSON object {feature key: path segment}; overrides the built-in §1.5 table.
 PERFECTCORP_FEATURE_PATHS = env_str("PERFECTCORP_FEATURE_PATHS", "")
 PERFECTCORP_POLL_FLOOR_MS = env_int("PERFECTCORP_POLL_FLOOR_MS", 1000, minimum=100)
-PERFECTCORP_POLL_CEILING_MS = env_int("PERFECTCORP_POLL_CEILING_MS", 5000, minimum=100)
+# vendor-apis.md §1.9.3 suggests 5 s between polls for safety; we allow 8.5 s
+# so a typical 8-second task costs one poll, not two (bench/perfectcorp_throughput.py:
+# 92% of the rate-limit bound instead of 69%). It stays safe because the shared
+# budget reserves every running task's polls, a poll waits at most 1.5 s for
+# it, and a task lost anyway costs no credit and is re-run once.
+PERFECTCORP_POLL_CEILING_MS = env_int("PERFECTCORP_POLL_CEILING_MS", 8500, minimum=100)
 PERFECTCORP_RATE_PER_TOKEN = env_int("PERFECTCORP_RATE_PER_TOKEN", 100, minimum=1)  # per 60 s
 PERFECTCORP_RATE_PER_IP = env_int("PERFECTCORP_RATE_PER_IP", 100, minimum=1)  # per 300 s
 PERFECTCORP_JOB_DEADLINE_S = env_int("PERFECTCORP_JOB_DEADLINE_S", 120, minimum=10)

@@ -8,6 +8,7 @@ from django.test import Client
 
 from tests import images
 from tests.live import cluster, qcluster  # noqa: F401  (fixtures for any test)
+from tests.test_browser import browser, portrait_file, shots_dir, studio  # noqa: F401  (for every browser test module)
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,6 @@ from studio.operations import get_operation
 from studio.ownership import Owner
 from studio.vendors.base import PROVIDERS
 from tests.browser_audit import assert_contrast
-from tests import test_browser
 from tests.test_browser import (
     _assert_no_horizontal_overflow,
     choose_operation,
@@ -29,12 +28,6 @@ from tests.test_browser import (
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.qcluster]
-
-# The browser fixtures of tests/test_browser.py, shared (same browser, guard and screenshot folder).
-browser = test_browser.browser
-portrait_file = test_browser.portrait_file
-shots_dir = test_browser.shots_dir
-studio = test_browser.studio
 
 STAFF_PASSWORD = "pw-staff-console-1"
 PLANTED_TOKEN = "tok-PLANTED-console"

@@ -17,7 +17,6 @@ from playwright.sync_api import Page, expect
 
 from studio.models import Job, Result, StyleTemplate
 from studio.vendors import sandbox
-from tests import test_browser
 from tests.test_browser import (
     JOB_TIMEOUT_MS,
     UUID,
@@ -29,12 +28,6 @@ from tests.test_browser import (
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.qcluster]
-
-# The browser fixtures of tests/test_browser.py (same browser, guard and screenshot folder).
-browser = test_browser.browser
-portrait_file = test_browser.portrait_file
-shots_dir = test_browser.shots_dir
-studio = test_browser.studio
 
 STAFF_PASSWORD = "pw-staff-templates-1"
 CORPORATE_PROMPT = "corporate headshot, navy blazer, soft grey backdrop"

@@ -16,7 +16,6 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from studio.models import Job, Photo, Result
 from tests.browser_audit import assert_contrast, assert_focus_visible
-from tests import test_browser
 from tests.test_browser import (
     DESKTOP,
     JOB_TIMEOUT_MS,
@@ -31,12 +30,6 @@ from tests.test_browser import (
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.qcluster]
-
-# The browser fixtures of tests/test_browser.py, shared (same browser, guard and screenshot folder).
-browser = test_browser.browser
-portrait_file = test_browser.portrait_file
-shots_dir = test_browser.shots_dir
-studio = test_browser.studio
 
 RUN_BUTTON = "#operation-form button[type=submit]"
 

@@ -252,14 +252,19 @@
         octx.fillStyle = "#000";
         octx.fillRect(0, 0, width, height);
         strokes.forEach(function (stroke) { drawStroke(octx, stroke, "#fff"); });
+        // Encoded synchronously: Chromium runs toBlob() in idle time, which a
+        // busy page can postpone for seconds, leaving a stale mask in the form.
         var version = strokes.length + ":" + Date.now();
         editor.dataset.maskVersion = version;
-        out.toBlob(function (blob) {
-          if (editor.dataset.maskVersion !== version) return; // a newer change is on its way
-          transfer.items.add(new File([blob], "mask.png", { type: "image/png" }));
-          fileInput.files = transfer.files;
-          editor.dataset.maskReady = version;
-        }, "image/png");
+        transfer.items.add(new File([dataUrlBytes(out.toDataURL("image/png"))], "mask.png", { type: "image/png" }));
+        fileInput.files = transfer.files;
+        editor.dataset.maskReady = version;
+      }
+      function dataUrlBytes(url) {
+        var binary = atob(url.slice(url.indexOf(",") + 1));
+        var bytes = new Uint8Array(binary.length);
+        for (var i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+        return bytes;
       }
 
       canvas.addEventListener("pointerdown", function (event) {

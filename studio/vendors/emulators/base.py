@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -158,10 +158,8 @@ class Emulator:
                     if fault.kind in ("read_timeout", "connect_timeout"):
                         time.sleep(read_timeout_sleep)
                     self.close_connection = True
-                    try:
+                    with suppress(OSError):
                         self.connection.shutdown(2)
-                    except OSError:
-                        pass
                     return
                 response.read()
                 self.send_response(response.status_code)
