@@ -236,6 +236,26 @@ def test_character_from_a_prompt(studio, sandbox_cluster, portrait_file):
     wait_images(page)
 
 
+def test_portrait_enhance_from_an_edit_instruction(studio, sandbox_cluster, portrait_file):
+    page, guard = studio.page()
+    upload_photo(page, portrait_file)
+    choose_operation(page, "Portrait enhance")
+    instruction = "warmer light and brighter skin, keep it natural"
+    page.locator("#param-prompt").fill(instruction)
+    job_id = submit_job(page)
+    wait_succeeded(page, job_id)
+    job = Job.objects.get(pk=job_id)
+    assert job.provider == "wavespeed" and job.sandbox
+    assert job.params["prompt"] == instruction
+    result = Result.objects.get(job=job)
+    seed = result.meta["seed"]  # empty in the form: the adapter picked one and reported it
+    assert isinstance(seed, int)
+    card = page.locator(f"#job-{job_id}")
+    expect(card.get_by_test_id("seed-tag")).to_have_text(f"Seed {seed}")
+    expect(card.get_by_text("Sandbox")).to_be_visible()
+    wait_images(page)
+
+
 # --- Compare two templates side by side ----------------------------------------------------
 
 
