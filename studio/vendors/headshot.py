@@ -45,6 +45,7 @@ class HeadshotProvider(RemoteProvider):
     label = "Headshot API"
     required_settings = ("HEADSHOT_API_BASE_URL", "HEADSHOT_API_KEY")
     base_url_setting = "HEADSHOT_API_BASE_URL"
+    api_key_setting = "HEADSHOT_API_KEY"
     data_notice = (
         "Your photo is sent to the Headshot API (idphoto.ai) together with the template's prompt. "
         "The headshots come back in the same answer and are stored only here. The vendor does not "
@@ -57,7 +58,7 @@ class HeadshotProvider(RemoteProvider):
         if len(job.faces) != 1:
             raise VendorError("AI headshots need a photo of exactly one person, facing the camera.")
         body = {
-            "apiKey": self._api_key(),
+            "apiKey": self.api_key(),
             "prompt": params["prompt"],
             "seed": params["seed"],
             "sampleNumber": params["count"],
@@ -89,13 +90,6 @@ class HeadshotProvider(RemoteProvider):
         )
 
     # --- request ---------------------------------------------------------------------
-
-    def _api_key(self) -> str:
-        if self.is_sandboxed():
-            from studio.vendors.emulators.headshot import SANDBOX_KEY
-
-            return SANDBOX_KEY  # the real key is never sent to an emulator
-        return settings.HEADSHOT_API_KEY
 
     def _params(self, job: JobInput) -> dict:
         """What to send: the job's values, falling back to its style template's prompt and seed."""

@@ -8,6 +8,7 @@ emulator when sandbox mode or a test routes it there.
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
 from django.conf import settings
@@ -21,6 +22,8 @@ class RemoteProvider(Provider):
     # Setting names that must be non-empty to reach the real vendor.
     required_settings: tuple[str, ...] = ()
     base_url_setting: str = ""
+    # The setting holding the vendor's API key, for vendors that use one.
+    api_key_setting: str = ""
 
     def missing_settings(self) -> list[str]:
         return [name for name in self.required_settings if not getattr(settings, name, "")]
@@ -38,6 +41,17 @@ class RemoteProvider(Provider):
 
     def is_sandboxed(self) -> bool:
         return sandbox.routed(self.key) is not None
+
+    def api_key(self) -> str:
+        """The key to send: the configured one, or the emulator's sandbox key when an
+        emulator serves this vendor (a real key is never sent to an emulator)."""
+        if self.is_sandboxed():
+            module_name = sandbox.EMULATORS[self.key].rpartition(".")[0]
+            return import_module(module_name).SANDBOX_KEY
+        return getattr(settings, self.api_key_setting)
+
+    def bearer_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key()}"}
 
     def http(self, **options: Any) -> VendorHttp:
         route = sandbox.routed(self.key)

@@ -68,6 +68,7 @@ class VtrixProvider(RemoteProvider):
     label = "Vtrix"
     required_settings = ("VTRIX_BASE_URL", "VTRIX_API_KEY", "STUDIO_PUBLIC_URL")
     base_url_setting = "VTRIX_BASE_URL"
+    api_key_setting = "VTRIX_API_KEY"
     data_notice = (
         "Vtrix (cloud.vtrix.ai) downloads your photo from a private link of this server that expires "
         "within minutes and opens nothing else. Vtrix does not document how long it keeps photos or "
@@ -91,7 +92,7 @@ class VtrixProvider(RemoteProvider):
             raise VendorError(TIMED_OUT)
         http = self.http()
         try:
-            response = http.request("GET", settings.VTRIX_TASK_PATH.format(id=task_id), headers=self._auth())
+            response = http.request("GET", settings.VTRIX_TASK_PATH.format(id=task_id), headers=self.bearer_headers())
             task = self._task(http, response)
             status = str(task.get("status") or "").lower()
             if status == "failed":
@@ -108,15 +109,6 @@ class VtrixProvider(RemoteProvider):
             http.close()
 
     # --- requests ---------------------------------------------------------------------------
-
-    def _auth(self) -> dict[str, str]:
-        if self.is_sandboxed():
-            from studio.vendors.emulators.vtrix import SANDBOX_KEY
-
-            key = SANDBOX_KEY  # the real key is never sent to an emulator
-        else:
-            key = settings.VTRIX_API_KEY
-        return {"Authorization": f"Bearer {key}"}
 
     def _body(self, job: JobInput, seed: int) -> dict:
         p = job.params
@@ -146,7 +138,7 @@ class VtrixProvider(RemoteProvider):
             "POST",
             settings.VTRIX_CREATE_PATH,
             json=self._body(job, seed),
-            headers=self._auth(),
+            headers=self.bearer_headers(),
             retry_errors=NOT_SENT_ERRORS,
         )
         task = self._task(http, response)

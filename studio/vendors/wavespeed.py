@@ -43,6 +43,7 @@ class WaveSpeedProvider(RemoteProvider):
     label = "WaveSpeed"
     required_settings = ("WAVESPEED_BASE_URL", "WAVESPEED_API_KEY")
     base_url_setting = "WAVESPEED_BASE_URL"
+    api_key_setting = "WAVESPEED_API_KEY"
     data_notice = (
         "Your photo and your text are sent to WaveSpeed AI (api.wavespeed.ai); for Character the photo is "
         "first uploaded to WaveSpeed's media storage. WaveSpeed does not document how long it keeps "
@@ -82,7 +83,7 @@ class WaveSpeedProvider(RemoteProvider):
                 "POST",
                 f"/api/v3/{model.strip('/')}",
                 json=body,
-                headers=self._auth(),
+                headers=self.bearer_headers(),
                 retry_errors=NOT_SENT_ERRORS,
             )
             data = self._data(http, response)
@@ -101,7 +102,8 @@ class WaveSpeedProvider(RemoteProvider):
             raise VendorError(TIMED_OUT)
         http = self._http()
         try:
-            response = http.request("GET", settings.WAVESPEED_RESULT_PATH.format(id=task_id), headers=self._auth())
+            path = settings.WAVESPEED_RESULT_PATH.format(id=task_id)
+            response = http.request("GET", path, headers=self.bearer_headers())
             return self._progress(http, job, self._data(http, response))
         finally:
             http.close()
@@ -111,15 +113,6 @@ class WaveSpeedProvider(RemoteProvider):
     def _http(self) -> VendorHttp:
         return self.http()
 
-    def _auth(self) -> dict[str, str]:
-        if self.is_sandboxed():
-            from studio.vendors.emulators.wavespeed import SANDBOX_KEY
-
-            key = SANDBOX_KEY  # the real key is never sent to an emulator
-        else:
-            key = settings.WAVESPEED_API_KEY
-        return {"Authorization": f"Bearer {key}"}
-
     def _uploaded_url(self, http: VendorHttp, job: JobInput, image: bytes) -> str:
         """A WaveSpeed-hosted URL of the photo (InstantCharacter takes URLs only)."""
         if job.state.get("image_url"):
@@ -128,7 +121,7 @@ class WaveSpeedProvider(RemoteProvider):
         response = http.request(
             "POST",
             settings.WAVESPEED_UPLOAD_PATH,
-            headers=self._auth(),
+            headers=self.bearer_headers(),
             files={"file": ("photo.jpg", image, "image/jpeg")},
         )
         url = self._data(http, response).get("download_url")
