@@ -76,7 +76,8 @@ def expand_runs(runs: list[tuple], op: Operation, inputs: FormInputs) -> list[tu
                 variants = [{**v, PROMPT_FIELD: inputs.prompt} for v in variants]
             for name, picked in inputs.styles.items():
                 variants = [
-                    {**v, name: style.style_id, "style_group_id": style.group.group_id}
+                    # The name too, so cards and galleries show it without a query per job.
+                    {**v, name: style.style_id, "style_group_id": style.group.group_id, "style_name": style.name}
                     for v in variants
                     for style in picked
                 ]
@@ -104,6 +105,7 @@ def rerun_params(op: Operation, job, cleaned: dict[str, Any]) -> tuple[dict[str,
             errors[param.name] = exc.message
         else:
             params["style_group_id"] = style.group.group_id
+            params["style_name"] = style.name
     if op.inputs.prompt_label and not str(params.get(PROMPT_FIELD) or "").strip():
         errors[PROMPT_FIELD] = f"{op.inputs.prompt_label}: please write a few words first."
     return params, errors

@@ -153,6 +153,7 @@ class Job(OwnedModel):
         return int(round((self.progress or 0) * 100))
 
     def params_display(self) -> list[tuple[str, str]]:
+        """The job's settings as users know them; bookkeeping (a style's group id) left out."""
         spec = self.operation_spec
         rows = []
         for name, value in self.params.items():
@@ -161,11 +162,12 @@ class Job(OwnedModel):
                 try:
                     param = spec.param(name)
                 except KeyError:
-                    pass
-                else:
-                    label = param.label
-                    if param.kind == "choice":
-                        value = dict(param.choices).get(value, value)
+                    continue  # not a setting of the operation, e.g. style_group_id
+                label = param.label
+                if param.kind == "choice":
+                    value = dict(param.choices).get(value, value)
+                elif param.kind == "style" and self.params.get("style_name"):
+                    value = self.params["style_name"]
             rows.append((label, value))
         return rows
 

@@ -393,6 +393,12 @@ def test_several_styles_make_one_job_each_in_one_batch(owner_client, photo, sync
     # The cards say which style each is, and that it is a sandbox result.
     page = owner_client.get("/").content.decode()
     assert page.count('data-testid="job-style"') == 3 and "Sandbox" in page
+    # The job page lists the style by its name; the vendor's group id is bookkeeping, not shown.
+    style = Style.objects.get(style_id=jobs[0].params["style_id"], group__group_id=jobs[0].params["style_group_id"])
+    assert jobs[0].params["style_name"] == style.name
+    detail = owner_client.get(f"/jobs/{jobs[0].pk}/").content.decode()
+    assert f"<dd>{style.name}</dd>" in detail
+    assert jobs[0].params["style_group_id"] not in detail
 
 
 def test_unknown_hidden_or_missing_styles_are_refused(owner_client, photo, synced):
