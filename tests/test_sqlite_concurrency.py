@@ -46,6 +46,10 @@ def test_concurrent_read_then_write_transactions(tmp_path, mode):
     import sqlite3
 
     with sqlite3.connect(db) as conn:
+        # As `migrate` leaves it before any worker starts: WAL is a property of
+        # the file, and converting it takes an exclusive lock, so processes
+        # opening a fresh file all at once could race for the conversion.
+        conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("CREATE TABLE counter (n INTEGER)")
         conn.execute("INSERT INTO counter VALUES (0)")
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{db}", "STUDIO_DATA_DIR": str(tmp_path),
