@@ -189,6 +189,7 @@ def _sync_all_view(model_admin):
 
 @admin.register(StyleGroup)
 class StyleGroupAdmin(admin.ModelAdmin):
+    change_list_template = "admin/studio/styles_change_list.html"  # adds "Sync all catalogues now"
     list_display = ("name", "feature", "provider", "group_id", "position", "hidden", "available", "synced_at")
     list_editable = ("hidden",)
     list_filter = ("provider", "feature", "hidden", "available")
@@ -203,6 +204,7 @@ class StyleGroupAdmin(admin.ModelAdmin):
 
 @admin.register(Style)
 class StyleAdmin(admin.ModelAdmin):
+    change_list_template = "admin/studio/styles_change_list.html"  # adds "Sync all catalogues now"
     list_display = ("preview", "name", "group", "style_id", "featured", "hidden", "available", "synced_at")
     list_editable = ("featured", "hidden")
     list_filter = ("group__feature", "featured", "hidden", "available", "group")
