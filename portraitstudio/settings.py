@@ -84,7 +84,10 @@ TEMPLATES = [
 # --- Database -------------------------------------------------------------
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'studio.sqlite3'}")
 try:
-    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0, minimum=0))
+    # Connections are kept for a minute: opening one (SQLite runs its PRAGMAs
+    # and registers its functions each time) cost more than a whole status
+    # poll (bench/status_endpoint.py). 0 closes each one after its request.
+    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0))
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a database URL Django understands: {exc}") from exc
 if _db["ENGINE"] == "django.db.backends.sqlite3":
@@ -100,19 +103,47 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     # can open the test database too.
     # One file per test run, so overlapping runs never share (and flush) it.
     _db["TEST"] = {"NAME": env_str("STUDIO_TEST_DB", str(DATA_DIR / f"test-studio-{os.getpid()}.sqlite3"))}
+else:
+    # A persistent connection may have been dropped by the server (restart,
+    # idle timeout); check it before reusing it in a new request.
+    _db["CONN_HEALTH_CHECKS"] = True
+    if _db["ENGINE"] == "django.db.backends.postgresql":
+        # An unreachable server fails fast (?connect_timeout= in the URL overrides).
+        _db.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+    # One test database per test run here too: Django's default "test_<name>"
+    # would be shared, and destroyed, by two runs on one server.
+    _db["TEST"] = {"NAME": env_str("STUDIO_TEST_DB", f"test_{_db['NAME']}_{os.getpid()}")}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache ----------------------------------------------------------------
 # Shared by every web and worker process (vendor tokens, the Perfect Corp
-# request budget, abuse limits), so it lives in the database, not in memory.
-CACHES = {
-    "default": {
-        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
-        "LOCATION": "studio_cache",
-        "OPTIONS": {"MAX_ENTRIES": 20000},
+# request budget, abuse limits), so it never lives in process memory: in the
+# database by default, in Redis when REDIS_URL is set (Redis then carries the
+# job queue too).
+REDIS_URL = env_str("REDIS_URL", "")
+if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    raise ImproperlyConfigured(f"REDIS_URL must start with redis://, rediss:// or unix://, not {REDIS_URL!r}")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            # Django's RedisCache, except that clear() leaves the job queue alone.
+            "BACKEND": "studio.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            # Several sites (or test runs) can share one Redis database.
+            "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", ""),
+            # An unreachable Redis fails a request (and /healthz) in seconds, not minutes.
+            "OPTIONS": {"socket_connect_timeout": 5, "socket_timeout": 5},
+        }
     }
-}
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "studio_cache",
+            "OPTIONS": {"MAX_ENTRIES": 20000},
+        }
+    }
 
 # --- Files ----------------------------------------------------------------
 MEDIA_ROOT = DATA_DIR / "media"
@@ -121,8 +152,49 @@ MEDIA_URL = "/media-not-public/"
 STATIC_URL = "/static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# Photos and results on S3-compatible storage when a bucket is named. Objects
+# stay private (no ACL: the bucket's own, private by default); after the
+# ownership check a view redirects the browser to a signed URL that expires
+# after STUDIO_MEDIA_URL_SECONDS (studio/media.py).
+AWS_STORAGE_BUCKET_NAME = env_str("AWS_STORAGE_BUCKET_NAME", "")
+STUDIO_MEDIA_URL_SECONDS = env_int("STUDIO_MEDIA_URL_SECONDS", 300, minimum=10, maximum=7 * 24 * 3600)
+if AWS_STORAGE_BUCKET_NAME:
+    from botocore.config import Config as BotoConfig
+
+    _addressing = env_str("AWS_S3_ADDRESSING_STYLE", "auto")
+    if _addressing not in ("auto", "path", "virtual"):
+        raise ImproperlyConfigured(f"AWS_S3_ADDRESSING_STYLE must be auto, path or virtual, not {_addressing!r}")
+    _media_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": AWS_STORAGE_BUCKET_NAME,
+            # Empty means AWS itself; any S3-compatible service otherwise.
+            "endpoint_url": env_url("AWS_S3_ENDPOINT_URL", "") or None,
+            # Empty keys leave boto3 to its own chain (instance role, ~/.aws).
+            "access_key": env_secret("AWS_ACCESS_KEY_ID", "") or None,
+            "secret_key": env_secret("AWS_SECRET_ACCESS_KEY", "") or None,
+            "region_name": env_str("AWS_S3_REGION_NAME", "") or None,
+            "location": env_str("AWS_LOCATION", ""),
+            # Signature v4 (all regions and S3-compatible services take it);
+            # short timeouts, so an unreachable bucket fails fast.
+            "client_config": BotoConfig(
+                signature_version="s3v4",
+                s3={"addressing_style": _addressing},
+                connect_timeout=5,
+                read_timeout=30,
+                retries={"mode": "standard", "max_attempts": 3},
+            ),
+            "default_acl": None,
+            "querystring_auth": True,
+            "querystring_expire": STUDIO_MEDIA_URL_SECONDS,
+            # A new upload never replaces another object that has its name.
+            "file_overwrite": False,
+        },
+    }
+else:
+    _media_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": _media_storage,
     "staticfiles": {
         "BACKEND": (
             "django.contrib.staticfiles.storage.StaticFilesStorage"
@@ -146,6 +218,22 @@ LOGOUT_REDIRECT_URL = "studio:home"
 SESSION_COOKIE_AGE = 60 * 60 * 24 * 90
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
+# Sessions stay in the database, and every web process reads them through a
+# cache they all share (cached_db): each job card's status poll reads the
+# session, and this keeps that read off the database (tests/test_query_counts.py).
+# Redis when it is configured; on SQLite, whose processes all run on one
+# machine, files in the data directory; otherwise the database alone.
+if REDIS_URL:
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+elif _db["ENGINE"] == "django.db.backends.sqlite3":
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+    SESSION_CACHE_ALIAS = "sessions"
+    CACHES["sessions"] = {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(DATA_DIR / "session-cache"),
+        # Past this, a third of the files go; those sessions are read from the database again.
+        "OPTIONS": {"MAX_ENTRIES": 10000},
+    }
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -164,8 +252,10 @@ USE_TZ = True
 # larger, or a task still running is handed to a second worker.
 STUDIO_JOB_TIMEOUT = env_int("STUDIO_JOB_TIMEOUT", 300, minimum=10)
 Q_CLUSTER = {
-    "name": "portraitstudio",
-    "orm": "default",
+    # The Redis broker's queue is named after the cluster: processes that
+    # should share work share this name, separate sites (or test runs) on one
+    # Redis do not. (Not Q_CLUSTER_NAME: django-q2 reads that one itself.)
+    "name": env_str("STUDIO_QUEUE_NAME", "portraitstudio"),
     "workers": env_int("Q_WORKERS", 4, minimum=1, maximum=64),
     "recycle": 200,
     "timeout": STUDIO_JOB_TIMEOUT,
@@ -180,11 +270,36 @@ Q_CLUSTER = {
     "label": "Background jobs",
     "sync": env_bool("Q_SYNC", False),
 }
+# The ORM broker keeps delivery receipts; the Redis broker is faster but has
+# none, so a task whose worker dies is gone: the job table and the recovery
+# sweep bring such jobs back (see studio/recovery.py).
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+# Tasks a cluster takes from the broker ahead of its free workers (django-q2's
+# default is workers²). Jobs last seconds to minutes: a message held by a busy
+# cluster waits while another cluster may be idle, and is lost if that cluster
+# dies (recovery then resends it), so keep about one per worker.
+Q_CLUSTER["queue_limit"] = Q_CLUSTER["workers"]
 # A job not finished this long after it was queued is failed by the sweeper.
 STUDIO_JOB_DEADLINE_SECONDS = env_int("STUDIO_JOB_DEADLINE_SECONDS", 900, minimum=30)
+# Crash recovery (studio/recovery.py). A running job's worker refreshes its
+# heartbeat every third of STUDIO_JOB_ORPHAN_SECONDS from a side thread, so a
+# job whose heartbeat is older than that lost its worker (SIGKILL, a machine
+# gone) and is queued again to resume. A queued job not picked up for
+# STUDIO_JOB_REQUEUE_SECONDS whose message is not waiting in the broker (the
+# Redis broker has no receipts) is enqueued again. Each worker process checks
+# every STUDIO_RECOVERY_EVERY_SECONDS; one of them per interval does the work.
+STUDIO_JOB_ORPHAN_SECONDS = env_int("STUDIO_JOB_ORPHAN_SECONDS", 30, minimum=2)
+STUDIO_JOB_REQUEUE_SECONDS = env_int("STUDIO_JOB_REQUEUE_SECONDS", 60, minimum=2)
+STUDIO_RECOVERY_EVERY_SECONDS = env_int("STUDIO_RECOVERY_EVERY_SECONDS", 15, minimum=1)
 
 # --- Product --------------------------------------------------------------
 STUDIO_SANDBOX = env_bool("STUDIO_SANDBOX", False)
+# Where `manage.py runemulators` serves the sandbox emulators, so every web and
+# worker process sees the same ones; empty: each process keeps its own.
+STUDIO_SANDBOX_URL = env_url("STUDIO_SANDBOX_URL", "")
 STUDIO_GALLERY_PAGE_SIZE = env_int("STUDIO_GALLERY_PAGE_SIZE", 12, minimum=1, maximum=100)
 
 # --- Vendors ------------------------------------------------------------------
@@ -253,6 +368,8 @@ X_FRAME_OPTIONS = "DENY"
 if env_bool("STUDIO_BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = True
+    # Load balancers probe the health check over plain HTTP, behind the proxy.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)

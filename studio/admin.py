@@ -1,10 +1,11 @@
 from django import forms
 from django.contrib import admin
-from django.http import FileResponse, Http404
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from studio import media
 from studio.models import Job, Photo, Result, ShareLink, Style, StyleGroup, StyleTemplate
 
 # Photos are private: the public views serve them to their owner only, so the
@@ -17,10 +18,7 @@ def admin_thumbnail(request, kind, pk):
     if model is None:
         raise Http404
     obj = get_object_or_404(model, pk=pk)
-    try:
-        return FileResponse(obj.thumbnail.open("rb"), content_type="image/jpeg")
-    except (FileNotFoundError, ValueError):
-        raise Http404 from None
+    return media.serve(obj.thumbnail, "image/jpeg", max_age=0)
 
 
 _original_get_urls = admin.site.get_urls

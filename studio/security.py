@@ -20,7 +20,12 @@ PERMISSIONS_POLICY = "camera=(self), microphone=(), geolocation=(), payment=(), 
 
 
 def content_security_policy() -> str:
-    img_src = " ".join(["'self'", "data:", "blob:", *settings.STUDIO_CSP_EXTRA_IMG_SRC.split()])
+    from studio.media import storage_origin
+
+    # Media on S3 reaches the browser through redirects to signed bucket URLs,
+    # and img-src applies to a redirect's target too.
+    media = [origin] if (origin := storage_origin()) else []
+    img_src = " ".join(["'self'", "data:", "blob:", *media, *settings.STUDIO_CSP_EXTRA_IMG_SRC.split()])
     directives = [
         "default-src 'self'",
         "script-src 'self'",

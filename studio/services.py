@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.text import slugify
@@ -164,7 +166,8 @@ def job_create_batch(
         ]
 
 
-def enqueue_job(job_id) -> None:
+def enqueue_job(job_id, *, group: str = "jobs") -> None:
+    """Send the job's task to the broker; `group` tells staff why (recovery uses its own)."""
     from django_q.tasks import async_task
 
     async_task(
@@ -172,18 +175,21 @@ def enqueue_job(job_id) -> None:
         str(job_id),
         hook="studio.tasks.run_job_finished",
         task_name=f"job-{job_id}",
-        group="jobs",
+        group=group,
     )
 
 
 def job_claim(job_id) -> bool:
     """Move a queued job to running; True only for the one worker that did it.
 
-    A job left "running" by a worker that died (no heartbeat for a while) can
-    be claimed again so it resumes instead of waiting for the sweeper.
+    A job left "running" by a worker that died (no heartbeat for
+    STUDIO_JOB_ORPHAN_SECONDS: a live worker beats far more often, see
+    `_heartbeat`) can be claimed again, so it resumes instead of waiting for
+    the sweeper. A duplicate message for a job that is running or finished
+    finds nothing to claim: that is what makes a re-sent message harmless.
     """
     now = timezone.now()
-    stale_before = now - timezone.timedelta(seconds=settings.STUDIO_JOB_TIMEOUT + 30)
+    stale_before = now - timezone.timedelta(seconds=settings.STUDIO_JOB_ORPHAN_SECONDS)
     claimable = Job.objects.filter(pk=job_id).filter(
         Q(status=Job.Status.QUEUED) | Q(status=Job.Status.RUNNING, heartbeat_at__lt=stale_before)
     )
@@ -205,6 +211,43 @@ def job_report(job_id, stage: str, fraction: float | None = None) -> None:
     if fraction is not None:
         values["progress"] = max(0.0, min(1.0, float(fraction)))
     Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(**values)
+
+
+@contextmanager
+def _heartbeat(job_id, attempt: int):
+    """Keep a running job's heartbeat fresh from a side thread, whatever the job is doing.
+
+    A long synchronous vendor call (the Headshot API may take 3 minutes to
+    answer) must not look like a dead worker, and a worker killed with SIGKILL
+    must stop beating at once: this thread does both. It stops by itself when
+    the job is no longer this run's (finished, or claimed again elsewhere
+    after this worker was given up for dead).
+    """
+    stop = threading.Event()
+    every = settings.STUDIO_JOB_ORPHAN_SECONDS / 3
+
+    def beat():
+        try:
+            while not stop.wait(every):
+                try:
+                    mine = Job.objects.filter(pk=job_id, status=Job.Status.RUNNING, attempts=attempt).update(
+                        heartbeat_at=timezone.now()
+                    )
+                except Exception:  # e.g. the database briefly unreachable: try again next beat
+                    log.warning("heartbeat of job %s failed", job_id, exc_info=True)
+                    continue
+                if not mine:
+                    return
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def job_requeue(job_id, stage: str) -> bool:
@@ -281,17 +324,33 @@ def _store_output(job: Job, index: int, output: Output) -> list:
         # A cut-out keeps its transparency in the thumbnail too (shown on a checkerboard).
         result.thumbnail.save(f"{index + 1}-thumb.png", ContentFile(imaging.make_png_thumbnail(data)), save=False)
     else:
-        result.thumbnail.save(f"{index + 1}-thumb.jpg", ContentFile(imaging.make_thumbnail(image)), save=False)
+        result.thumbnail.save(f"{index + 1}-thumb.jpg", ContentFile(imaging.make_jpeg_thumbnail(data)), save=False)
     result.save()
     return [result.image, result.thumbnail]
 
 
-def job_run(job_id) -> None:
-    """Run one job to a terminal state: submit, poll, fetch, store."""
+RAN, SKIPPED = "ran", "skipped"
+
+
+def job_run(job_id) -> str:
+    """Run one job to a terminal state: submit, poll, fetch, store.
+
+    Returns RAN, or SKIPPED when another delivery has the job: django-q2
+    keeps it as the task's result, a record of every delivery that staff
+    (and the exactly-once test) can count independently of the job row.
+    """
     if not job_claim(job_id):
         log.info("job %s already claimed or finished; skipping", job_id)
-        return
+        return SKIPPED
     job = Job.objects.select_related("photo", "photo__source_result__job", "reference_photo").get(pk=job_id)
+    log.info("job %s claimed (attempt %s)", job.pk, job.attempts)
+    with _heartbeat(job.pk, job.attempts):
+        _run_claimed_to_the_end(job)
+    return RAN
+
+
+def _run_claimed_to_the_end(job: Job) -> None:
+    """Every ending of a claimed run becomes a terminal state (or a requeue)."""
     try:
         _run_claimed(job)
     except VendorError as exc:

@@ -7,6 +7,7 @@ from django.contrib.auth.signals import user_logged_in
 from django.db import transaction
 from django.db.models.signals import post_delete, post_migrate
 from django.dispatch import receiver
+from django_q.signals import post_spawn
 
 from studio.models import Job, Photo, Result
 from studio.ownership import VISITOR_SESSION_KEY
@@ -46,6 +47,14 @@ def adopt_visitor_work(sender, request, user, **kwargs):
         owner_adopt_visitor_work(user=user, visitor_id=visitor)
 
 
+@receiver(post_spawn)
+def start_job_recovery(sender, proc_name=None, **kwargs):
+    """Each new django-q2 worker process checks for stranded jobs soon, then regularly (studio.recovery)."""
+    from studio import recovery
+
+    recovery.start_ticker()
+
+
 @receiver(post_migrate)
 def ensure_schedules(sender, app_config=None, **kwargs):
     """Create the periodic tasks once; running migrate again changes nothing."""
@@ -57,6 +66,17 @@ def ensure_schedules(sender, app_config=None, **kwargs):
         name="sweep-stale-jobs",
         defaults={
             "func": "studio.tasks.sweep_stale_jobs",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": 1,
+            "repeats": -1,
+        },
+    )
+    # Crash recovery also runs from a thread in every worker (studio.recovery);
+    # this minutely run is the safety net.
+    Schedule.objects.update_or_create(
+        name="recover-jobs",
+        defaults={
+            "func": "studio.tasks.recover_jobs",
             "schedule_type": Schedule.MINUTES,
             "minutes": 1,
             "repeats": -1,

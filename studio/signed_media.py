@@ -77,6 +77,8 @@ def signed_photo(request, token: str):
             data = fh.read()
     except (FileNotFoundError, ValueError):
         raise Http404 from None
+    # Streamed, even from S3 (never a redirect to a signed bucket URL): vendors'
+    # downloaders need not follow redirects, and this link outlives those URLs.
     # Not a FileResponse: that would name the stored file in Content-Disposition.
     response = HttpResponse(data, content_type="image/jpeg")
     response["Cache-Control"] = "private, no-store"

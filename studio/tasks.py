@@ -9,8 +9,8 @@ from studio import services
 log = logging.getLogger(__name__)
 
 
-def run_job(job_id: str) -> None:
-    services.job_run(job_id)
+def run_job(job_id: str) -> str:
+    return services.job_run(job_id)  # "ran" or "skipped", kept as the task's result
 
 
 def run_job_finished(task) -> None:
@@ -18,7 +18,8 @@ def run_job_finished(task) -> None:
 
     A django-q2 timeout kills the task with SystemExit, which no `except
     Exception` inside the task sees; this hook makes sure the job still ends
-    in a terminal state with a message.
+    in a terminal state with a message. A worker killed outright (SIGKILL)
+    calls no hook at all: studio.recovery finds its job by the heartbeat.
     """
     if task.success:
         return
@@ -31,6 +32,12 @@ def run_job_finished(task) -> None:
 
 def sweep_stale_jobs() -> int:
     return services.jobs_sweep_stale()
+
+
+def recover_jobs() -> dict:
+    from studio import recovery
+
+    return recovery.jobs_recover()
 
 
 def purge_expired_photos() -> int:

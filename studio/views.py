@@ -13,19 +13,19 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.forms import UserCreationForm
-from django.http import FileResponse, Http404, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
-from studio import job_inputs, retention, selectors, services, views_compare
+from studio import job_inputs, media, retention, selectors, services, views_compare
 from studio.imaging import ImageRejected
 from studio.limits import limited
 from studio.models import Job, Photo, Style
 from studio.operations import OPERATIONS
-from studio.ownership import owner_for
+from studio.ownership import Owner, claimed_user_id, owner_for, session_signed_in_as, visitor_id
 from studio.vendors.base import PROVIDERS, get_provider
 
 UPLOAD_FIELD = "photo"
@@ -189,12 +189,43 @@ def job_detail(request, job_id):
 
 @require_GET
 def job_status(request, job_id):
-    """The job card, polled about once a second until the job is finished."""
-    job = selectors.job_get_for_owner(owner_for(request), job_id)
-    response = render(request, "studio/partials/job_card.html", {"job": job})
+    """The job card, polled about once a second until the job is finished.
+
+    The card's poll URL carries the version of what it shows (?v=). While that
+    is still current the answer is an empty 204, which htmx leaves unswapped:
+    most polls cost one small query and no template. A changed card is
+    rendered with at most one more query (tests/test_query_counts.py).
+    """
+    owner, state = _poll_owner_and_state(request, job_id)
+    if state is None:
+        raise Http404("Not found.")
+    if not state.is_terminal and request.GET.get("v") == state.version:
+        return HttpResponse(status=204)
+    job, results = selectors.job_for_card(owner, job_id, status=state.status)
+    # From a card (?v=), the estimate is the one the card already shows (hx-preserve).
+    context = {"job": job, "card_results": results, "polled": "v" in request.GET}
+    response = render(request, "studio/partials/job_card.html", context)
     if job.is_terminal:
         response.status_code = HttpResponseStopPolling.status_code  # 286: htmx stops polling
     return response
+
+
+def _poll_owner_and_state(request, job_id):
+    """Who is asking and the job's card state, in one query for visitors and users alike.
+
+    A signed-in user is read with the job (selectors.job_card_state_for_user)
+    and the session checked against it; if that check is not clean, Django's
+    own request.user decides, at the cost of its usual query.
+    """
+    user_id = claimed_user_id(request)
+    if user_id is None:  # a visitor: nothing to check beyond the session
+        owner = Owner(visitor_id=visitor_id(request, create=False))
+        return owner, selectors.job_card_state(owner, job_id)
+    state = selectors.job_card_state_for_user(user_id, job_id)
+    if state is not None and session_signed_in_as(request, state.owner_user):
+        return Owner(user_id=state.owner_user.pk), state
+    owner = owner_for(request)
+    return owner, selectors.job_card_state(owner, job_id)
 
 
 @require_POST
@@ -423,15 +454,8 @@ def share_before_image(request, token):
 
 
 def _image_response(field, content_type, *, download_name=None):
-    try:
-        fh = field.open("rb")
-    except (FileNotFoundError, ValueError):
-        raise Http404("This image is no longer stored.") from None
-    response = FileResponse(
-        fh, content_type=content_type, as_attachment=bool(download_name), filename=download_name or ""
-    )
-    response["Cache-Control"] = "private, max-age=3600"
-    return response
+    """Called only after the ownership check: streams the file or redirects to a signed URL."""
+    return media.serve(field, content_type, download_name=download_name)
 
 
 # --- Accounts -----------------------------------------------------------------
@@ -459,10 +483,6 @@ def style_thumbnail(request, style_id):
     style = get_object_or_404(Style.objects.select_related("group"), pk=style_id)
     if not style.thumbnail or not (style.offered or (request.user.is_authenticated and request.user.is_staff)):
         raise Http404("No such style.")
-    try:
-        fh = style.thumbnail.open("rb")
-    except (FileNotFoundError, ValueError):
-        raise Http404("This thumbnail is no longer stored.") from None
-    response = FileResponse(fh, content_type="image/jpeg")
-    response["Cache-Control"] = "public, max-age=86400"
-    return response
+    return media.serve(
+        style.thumbnail, "image/jpeg", public=True, max_age=86400, missing="This thumbnail is no longer stored."
+    )

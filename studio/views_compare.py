@@ -14,13 +14,13 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import FileResponse, Http404
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from studio import selectors, services
+from studio import media, selectors, services
 from studio.limits import limited
 from studio.models import StyleTemplate
 from studio.operations import OPERATIONS, Operation
@@ -232,10 +232,7 @@ def template_cover(request, slug):
     staff = request.user.is_authenticated and request.user.is_staff
     if template is None or not template.cover or not (template.active or staff):
         raise Http404("No such cover.")
-    try:
-        fh = template.cover.open("rb")
-    except (FileNotFoundError, ValueError):
-        raise Http404("No such cover.") from None
-    response = FileResponse(fh, content_type="image/jpeg")
-    response["Cache-Control"] = "public, max-age=300" if template.active else "private, no-store"
-    return response
+    return media.serve(
+        template.cover, "image/jpeg", public=template.active, max_age=300 if template.active else 0,
+        missing="No such cover.",
+    )

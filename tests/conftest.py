@@ -2,23 +2,47 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from tests import images
-from tests.live import cluster, qcluster  # noqa: F401  (fixtures for any test)
+from tests.live import cluster, clusters, qcluster  # noqa: F401  (fixtures for any test)
 from tests.test_browser import browser, portrait_file, shots_dir, studio  # noqa: F401  (for every browser test module)
 
 
 @pytest.fixture(autouse=True)
 def _isolated_media(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
-    # Tests read static files from the source tree; no collectstatic needed.
-    settings.STORAGES = {
+    storages = {
         **settings.STORAGES,
+        # Tests read static files from the source tree; no collectstatic needed.
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
+    media = storages["default"]
+    if media["BACKEND"] == "storages.backends.s3.S3Storage":
+        # On S3 (./scripts/test-scaled) each test gets a key prefix of its own
+        # instead of a directory; tests/live.py hands it to a real worker too.
+        options = media["OPTIONS"]
+        location = f"{options['location'].rstrip('/')}/tests/{uuid.uuid4().hex}".lstrip("/")
+        storages["default"] = {**media, "OPTIONS": {**options, "location": location}}
+    settings.STORAGES = storages
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Every test starts with an empty cache.
+
+    The database cache gets this from the test database's rollback; a Redis
+    cache outlives tests, so it is cleared (only this run's keys: studio/cache.py).
+    """
+    from django.core.cache import caches
+    from django.core.cache.backends.db import DatabaseCache
+
+    if not isinstance(caches["default"], DatabaseCache):
+        caches["default"].clear()
 
 
 @pytest.fixture(autouse=True)

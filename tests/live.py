@@ -10,8 +10,11 @@ must be committed for another process to see them). tests/conftest.py makes
 both fixtures available to every test module.
 
 `cluster` gives a stopped cluster to start later (to see jobs wait in the
-queue); `qcluster` gives one already running. Both stop it after the test and
-show its log when the test failed.
+queue); `qcluster` gives one already running; `clusters` makes more of them
+on the same database and media (several machines' workers). All are stopped
+after the test and their logs shown when the test failed. `Cluster.kill()`
+ends one with SIGKILL, as when its machine dies, and `pid_for_port` tells
+which of its processes holds a connection (to kill the one at a given step).
 """
 
 from __future__ import annotations
@@ -35,7 +38,16 @@ READY_LINE = "running."  # django-q2: "Q Cluster <name> running."
 class Cluster:
     """One `manage.py qcluster` process (and its worker children)."""
 
-    def __init__(self, *, database_url: str, data_dir: Path, secret_key: str, workers: int = 2):
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        data_dir: Path,
+        secret_key: str,
+        workers: int = 2,
+        name: str = "",
+        env: dict[str, str] | None = None,
+    ):
         self.database_url = database_url
         # django-q2 signs queued tasks with SECRET_KEY: the worker needs the web side's.
         self.secret_file = data_dir / "secret_key.shared"
@@ -43,9 +55,12 @@ class Cluster:
         self.secret_file.chmod(0o600)
         self.data_dir = data_dir
         self.workers = workers
-        self.log_path = data_dir / "qcluster.log"
+        self.name = name
+        self.extra_env = dict(env or {})  # e.g. short recovery thresholds
+        self.log_path = data_dir / (f"qcluster-{name}.log" if name else "qcluster.log")
         self.proc: subprocess.Popen | None = None
         self._log = None
+        self._log_from = 0  # where this start's lines begin (a restarted cluster appends)
 
     @property
     def env(self) -> dict[str, str]:
@@ -65,11 +80,20 @@ class Cluster:
             STUDIO_SANDBOX="1" if django_settings.STUDIO_SANDBOX else "0",
             # Where vendors (and in sandbox mode their emulators) fetch signed photo links from.
             STUDIO_PUBLIC_URL=django_settings.STUDIO_PUBLIC_URL,
+            # Emulators shared with the test process (studio/vendors/emulators/host.py), if it serves them.
+            STUDIO_SANDBOX_URL=getattr(django_settings, "STUDIO_SANDBOX_URL", ""),
         )
+        # REDIS_URL, the queue name and AWS_* come with os.environ; on S3 the
+        # media "directory" is the test's own key prefix (tests/conftest.py).
+        media = django_settings.STORAGES["default"]
+        if "location" in media.get("OPTIONS", {}):
+            env["AWS_LOCATION"] = media["OPTIONS"]["location"]
+        env.update(self.extra_env)
         return env
 
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> Cluster:
         assert self.proc is None, "cluster already started"
+        self._log_from = len(self.log())
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [str(PYTHON), "manage.py", "qcluster"],
@@ -89,7 +113,7 @@ class Cluster:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"qcluster exited with code {self.proc.returncode}\n{self.log()}")
-            if READY_LINE in self.log():
+            if READY_LINE in self.log()[self._log_from :]:
                 return
             time.sleep(0.1)
         raise AssertionError(f"qcluster not running after {timeout:.0f} s\n{self.log()}")
@@ -115,6 +139,34 @@ class Cluster:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def kill(self) -> None:
+        """SIGKILL every process of this cluster at once, as when its machine dies: no hook, no cleanup."""
+        proc, self.proc = self.proc, None
+        assert proc is not None, "cluster not running"
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        self._log.close()
+        self._log = None
+
+    def pids(self) -> list[int]:
+        """Every live process of this cluster (its process group): sentinel, workers, pusher, monitor."""
+        if self.proc is None:
+            return []
+        return [pid for pid, pgid in _process_groups().items() if pgid == self.proc.pid]
+
+    def pid_for_port(self, port: int) -> int | None:
+        """The process of this cluster that owns the TCP connection with local `port`, if any."""
+        inodes = _socket_inodes(port)
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                        if link.startswith("socket:[") and link[8:-1] in inodes:
+                            return pid
+        return None
 
     def wait_for_jobs(self, job_ids, *, timeout: float = 60.0, statuses=("succeeded", "failed")):
         """Wait until every job is in one of `statuses`; return the Job rows."""
@@ -157,6 +209,28 @@ def cluster(request, transactional_db, settings, monkeypatch, tmp_path_factory, 
 
 
 @pytest.fixture
+def clusters(request, cluster):
+    """Make more clusters like `cluster` (same database, media and key), each with its own log."""
+    made: list[Cluster] = []
+
+    def make(*, name: str, workers: int = 2, env: dict[str, str] | None = None) -> Cluster:
+        c = Cluster(database_url=cluster.database_url, data_dir=cluster.data_dir,
+                    secret_key=cluster.secret_file.read_text(), workers=workers, name=name, env=env)
+        made.append(c)
+        return c
+
+    failed_before = request.session.testsfailed
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.stop()
+        if request.session.testsfailed > failed_before:
+            for c in made:
+                _show(request, f"qcluster {c.name} log ({c.log_path})", c.log())
+
+
+@pytest.fixture
 def qcluster(cluster):
     """A running real django-q2 cluster (2 workers) sharing DB and media with the test."""
     return cluster.start()
@@ -177,6 +251,30 @@ def _database_url(db: dict) -> str:
     host = db.get("HOST") or "localhost"
     port = f":{db['PORT']}" if db.get("PORT") else ""
     return f"{scheme}://{auth}{'@' if auth else ''}{host}{port}/{quote(name, safe='')}"
+
+
+def _process_groups() -> dict[int, int]:
+    """pid → process group id of every process (Linux /proc)."""
+    groups = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                # Fields after the command name (which may hold spaces): state, ppid, pgrp, ...
+                groups[int(entry)] = int(stat.rsplit(")", 1)[1].split()[2])
+    return groups
+
+
+def _socket_inodes(local_port: int) -> set[str]:
+    """Inodes of the TCP sockets whose local port is `local_port` (Linux /proc/net)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == local_port:
+                    inodes.add(fields[9])
+    return inodes
 
 
 def _show(request, title: str, text: str) -> None:

@@ -326,7 +326,7 @@ def test_retouch_job_card_polls_until_done_then_stops(studio, cluster, portrait_
     """The worker starts late, so the card is seen waiting, polling, then done."""
     page, guard = studio.page()
     status_requests: list[str] = []
-    page.on("request", lambda r: status_requests.append(r.url) if re.search(r"/jobs/.+/status$", r.url) else None)
+    page.on("request", lambda r: status_requests.append(r.url) if re.search(r"/jobs/.+/status(\?|$)", r.url) else None)
     upload_photo(page, portrait_file)
     choose_operation(page, "Studio retouch")
     expect(page.get_by_test_id("job-card")).to_have_count(0)
@@ -370,7 +370,7 @@ def test_retouch_job_card_polls_until_done_then_stops(studio, cluster, portrait_
     cluster.start()
     wait_succeeded(page, job_id)
     expect(card.locator(".job-meta")).to_contain_text("Done in")
-    assert all(url.endswith(f"/jobs/{job_id}/status") for url in status_requests)
+    assert all(f"/jobs/{job_id}/status?v=" in url for url in status_requests)  # each with its card's version
     polls = len(status_requests)
     assert polls >= 3
     states = page.evaluate("window.__cardStates")

@@ -34,8 +34,10 @@ def media_files() -> list[str]:
         for name in dirs:
             walk(f"{path}/{name}".lstrip("/"))
 
-    if default_storage.exists(""):
+    try:
         walk("")
+    except FileNotFoundError:  # nothing stored yet (on S3 an empty prefix simply lists nothing)
+        pass
     return found
 
 

@@ -465,6 +465,15 @@ def test_make_thumbnail_respects_long_side():
     assert thumb.size == (200, 200)
 
 
+def test_jpeg_thumbnail_decoded_at_reduced_scale_matches_the_full_size_thumbnail():
+    result = imaging.encode_jpeg(astronaut(2).resize((768, 1024)), quality=92)  # a headshot-sized result
+    fast = decode(imaging.make_jpeg_thumbnail(result))
+    full = decode(make_thumbnail(load_image(result)))
+    assert fast.size == full.size == (360, 480)
+    assert correlation(fast, full) > 0.99
+    assert not imaging.carries_metadata(imaging.make_jpeg_thumbnail(result))
+
+
 def test_thumbnail_and_faces_come_from_the_normalized_image(monkeypatch):
     seen = {}
     real_detect, real_thumb = imaging.detect_faces, imaging.make_thumbnail

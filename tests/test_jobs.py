@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+from django.core.files.storage import default_storage
 from django.utils import timezone
 from PIL import Image
 
@@ -260,15 +261,23 @@ def test_chaining_uses_a_result_as_a_new_photo(photo):
     assert second.status == Job.Status.SUCCEEDED
 
 
-def test_deleting_a_result_removes_its_files(photo, settings):
+def _files_under(directory: str) -> list[str]:
+    """Files stored under a directory, on disk or on S3 (where a directory is only a key prefix)."""
+    try:
+        dirs, files = default_storage.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return [f"{directory}/{f}" for f in files] + [f for d in dirs for f in _files_under(f"{directory}/{d}")]
+
+
+def test_deleting_a_result_removes_its_files(photo):
     job = retouch(photo)
     result = job.results.get()
-    paths = [result.image.path, result.thumbnail.path]
+    names = [result.image.name, result.thumbnail.name]
+    assert all(default_storage.exists(name) for name in names)
     services.result_delete(result=result)
     assert not Job.objects.filter(pk=job.pk).exists()  # its only result: the job goes too
-    import os
-
-    assert not any(os.path.exists(p) for p in paths)
+    assert not any(default_storage.exists(name) for name in names)
 
 
 def test_sweeper_is_scheduled_every_minute_once():
@@ -286,8 +295,7 @@ def test_a_damaged_second_output_leaves_no_files_behind(photo, polling_provider,
     job = retouch(photo)
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED and not Result.objects.exists()
-    results_dir = settings.MEDIA_ROOT / "results" / str(job.pk)
-    assert not results_dir.exists() or not any(results_dir.iterdir())
+    assert _files_under(f"results/{job.pk}") == []
 
 
 def test_results_of_a_job_the_sweeper_failed_meanwhile_are_dropped(photo, polling_provider, portrait_jpeg, settings):
@@ -304,5 +312,4 @@ def test_results_of_a_job_the_sweeper_failed_meanwhile_are_dropped(photo, pollin
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED and job.error_message == services.TIMED_OUT
     assert not Result.objects.exists()
-    results_dir = settings.MEDIA_ROOT / "results" / str(job.pk)
-    assert not results_dir.exists() or not any(results_dir.iterdir())
+    assert _files_under(f"results/{job.pk}") == []

@@ -24,6 +24,7 @@ from studio.models import Job, Photo, Style, StyleGroup
 from studio.operations import OPERATIONS
 from tests import images
 from tests.conftest import upload
+from tests.media import fetch
 
 pytestmark = pytest.mark.django_db(transaction=True)
 HTMX = {"HX-Request": "true"}
@@ -170,9 +171,9 @@ def test_picker_shows_db_styles_grouped_featured_first_and_hides_the_rest(owner_
     # Thumbnails come from our own view, never from the vendor.
     style = Style.objects.get(style_id=BIG_ID)
     assert f"/styles/{style.pk}/thumbnail" in picker
-    response = owner_client.get(f"/styles/{style.pk}/thumbnail")
-    assert response.status_code == 200 and response["Content-Type"] == "image/jpeg"
-    assert Image.open(io.BytesIO(b"".join(response.streaming_content))).size == (64, 64)
+    served = fetch(owner_client.get(f"/styles/{style.pk}/thumbnail"))
+    assert served.status == 200 and served.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(served.body)).size == (64, 64)
     # A hidden style's thumbnail is not served to users.
     hidden = Style.objects.get(style_id="30720000000001005")
     assert owner_client.get(f"/styles/{hidden.pk}/thumbnail").status_code == 404
@@ -513,9 +514,9 @@ def test_background_removal_keeps_transparency_down_to_the_thumbnail(owner_clien
     result = job.results.get()
     assert result.content_type == "image/png"
     for url in (f"/results/{result.pk}/image", f"/results/{result.pk}/image?size=thumb"):
-        response = owner_client.get(url)
-        assert response["Content-Type"] == "image/png"
-        with Image.open(io.BytesIO(b"".join(response.streaming_content))) as im:
+        served = fetch(owner_client.get(url))
+        assert served.headers["content-type"] == "image/png"
+        with Image.open(io.BytesIO(served.body)) as im:
             assert im.mode == "RGBA" and im.getchannel("A").getextrema() == (0, 255)
     card = owner_client.get(f"/jobs/{job.pk}/status").content.decode()
     assert 'class="checkerboard"' in card

@@ -18,6 +18,7 @@ from studio.operations import get_operation
 from studio.ownership import Owner
 from studio.vendors import sandbox
 from tests.conftest import upload
+from tests.media import fetch
 
 HX = {"HX-Request": "true"}
 STARTERS = ["Corporate", "LinkedIn", "Studio grey", "Outdoor natural light", "Creative colour"]
@@ -282,9 +283,9 @@ def test_preview_action_runs_the_template_and_sets_the_cover(staff_user, staff_c
     assert job.params["seed"] == 31337 and job.params["prompt"] == "grey studio backdrop"
     assert job.photo.original_name == "sample-portrait.jpg" and len(job.photo.faces) == 1
     assert template.cover
-    cover = client.get(f"/templates/{template.slug}/cover")
-    assert cover.status_code == 200 and cover["Content-Type"] == "image/jpeg"
-    with Image.open(io.BytesIO(b"".join(cover.streaming_content))) as img:
+    cover = fetch(client.get(f"/templates/{template.slug}/cover"))
+    assert cover.status == 200 and cover.headers["content-type"] == "image/jpeg"
+    with Image.open(io.BytesIO(cover.body)) as img:
         assert max(img.size) == 640 and img.size == (512, 640)
     # The list shows the cover and the finished preview run.
     listing = staff_client.get("/admin/studio/styletemplate/").content.decode()
@@ -292,7 +293,7 @@ def test_preview_action_runs_the_template_and_sets_the_cover(staff_user, staff_c
     # Inactive templates' covers are for staff only.
     StyleTemplate.objects.filter(pk=template.pk).update(active=False)
     assert client.get(f"/templates/{template.slug}/cover").status_code == 404
-    assert staff_client.get(f"/templates/{template.slug}/cover").status_code == 200
+    assert fetch(staff_client.get(f"/templates/{template.slug}/cover")).status == 200
 
 
 @pytest.mark.django_db(transaction=True)

@@ -484,3 +484,25 @@
 
   document.addEventListener("DOMContentLoaded", watchToasts);
 })();
+
+// --- Running job cards: the elapsed time ticks between polls ---------------------
+(function () {
+  "use strict";
+
+  // A poll that finds the job unchanged answers 204 and htmx leaves the card as
+  // it is, so the seconds count on here, from the figure the server rendered.
+  // Same format as the `seconds` template filter.
+  function format(value) {
+    if (value < 10) return value.toFixed(1) + " s";
+    if (value < 60) return Math.round(value) + " s";
+    var whole = Math.floor(value);
+    return Math.floor(whole / 60) + " min " + (whole % 60) + " s";
+  }
+
+  setInterval(function () {
+    document.querySelectorAll("[data-elapsed]").forEach(function (el) {
+      if (!el.dataset.elapsedFrom) el.dataset.elapsedFrom = String(Date.now() - parseFloat(el.dataset.elapsed) * 1000);
+      el.textContent = format((Date.now() - parseFloat(el.dataset.elapsedFrom)) / 1000);
+    });
+  }, 1000);
+})();

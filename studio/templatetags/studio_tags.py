@@ -21,3 +21,11 @@ def seconds(value):
         return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
     minutes, rest = divmod(int(value), 60)
     return f"{minutes} min {rest} s"
+
+
+@register.filter
+def card_version(job):
+    """The version of a job card's changing part, sent back by its poll (views.job_status)."""
+    from studio.selectors import card_version as version
+
+    return version(job.status, job.stage, job.progress)

@@ -48,6 +48,12 @@ def backoff_delay(attempt: int, *, base: float = 0.5, cap: float = 20.0, retry_a
     return min(delay, cap if retry_after is None else max(cap, retry_after + 1.0))
 
 
+def pause(seconds: float) -> None:
+    """The wait between tries: every VendorHttp without its own `sleep` waits here
+    (one function, so a test can record the waits instead of waiting)."""
+    time.sleep(seconds)
+
+
 def parse_retry_after(response: httpx.Response) -> float | None:
     raw = response.headers.get("Retry-After", "").strip()
     try:
@@ -75,7 +81,7 @@ class VendorHttp:
     timeout: httpx.Timeout = field(default_factory=lambda: DEFAULT_TIMEOUT)
     retries: int = 3  # extra tries after the first
     backoff_base: float = 0.5
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], None] | None = None  # None: `pause`, looked up at each wait
     # Called before every request, e.g. to take from a shared request budget.
     before_request: Callable[[str, str], None] | None = None
     # Called with every 429, e.g. to pause the shared budget.
@@ -88,6 +94,9 @@ class VendorHttp:
 
     def close(self) -> None:
         self._client.close()
+
+    def _wait(self, seconds: float) -> None:
+        (self.sleep or pause)(seconds)
 
     def request(
         self,
@@ -119,7 +128,7 @@ class VendorHttp:
                 log.warning("%s %s %s failed: %s", self.vendor, method, _path_only(url), type(exc).__name__)
                 if attempt == attempts or not isinstance(exc, retry_errors):
                     raise VendorError(describe_transport_error(exc, self.vendor), permanent=False) from None
-                self.sleep(backoff_delay(attempt, base=self.backoff_base))
+                self._wait(backoff_delay(attempt, base=self.backoff_base))
                 continue
             if response.status_code == 429 and self.on_rate_limited:
                 self.on_rate_limited(response)
@@ -129,7 +138,7 @@ class VendorHttp:
                 if attempt == attempts:
                     raise VendorError(_status_message(response.status_code, self.vendor), permanent=False,
                                       retry_after=retry_after)
-                self.sleep(backoff_delay(attempt, base=self.backoff_base, retry_after=retry_after))
+                self._wait(backoff_delay(attempt, base=self.backoff_base, retry_after=retry_after))
                 continue
             return response
         raise AssertionError("unreachable")

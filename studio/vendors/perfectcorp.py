@@ -37,7 +37,7 @@ from studio.imaging import FaceBox
 from studio.vendors import sandbox
 from studio.vendors.base import JobInput, Output, Progress, Submission, VendorError
 from studio.vendors.budget import BudgetTimeout, CapacityWait, RequestBudget, Window
-from studio.vendors.http import VendorHttp
+from studio.vendors.http import VendorHttp, pause
 from studio.vendors.remote import RemoteProvider
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ UPLOAD_VALID_S = 86400  # uploaded files are kept one day
 DEFAULT_EXPECTED_SHARE = 0.6  # engine time assumed before any job was seen, as a share of the 10-second rule
 DOWNLOAD_MAX_BYTES = 40 * 1024 * 1024
 DOWNLOAD_MAX_SECONDS = 60.0
+API_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
+STORAGE_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 WAITING = "Waiting for Perfect Corp capacity"
 PROCESSING = "Processing at Perfect Corp"
 
@@ -97,7 +99,9 @@ ENGINE_MESSAGES: dict[str, str] = {
     "error_download_mask": "We couldn't read the selection. Please mark the area again.",
     "error_decode_image": "This file isn't a valid JPG or PNG image. Please upload another photo.",
     "error_decode_mask": "The selection couldn't be read. Please mark the area again.",
-    "error_nsfw_content_detected": "This photo can't be processed because it may contain inappropriate content.",
+    "error_nsfw_content_detected": (
+        "This photo can't be processed because it may contain inappropriate content. Please use a different photo."
+    ),
     "exceed_nsfw_retry_limits": "We couldn't produce a suitable result for this photo. Try a different photo or style.",
     "error_no_face": "We couldn't find a face. Use a clear, front-facing photo of one person.",
     "error_pose": "We couldn't detect your pose. Use a photo showing your head and shoulders clearly.",
@@ -165,8 +169,8 @@ class PerfectCorpProvider(RemoteProvider):
         "photos after one day and results after 30 days; we download the results at once and keep our own copy."
     )
 
-    def __init__(self, *, sleep=time.sleep):
-        self.sleep = sleep
+    def __init__(self, *, sleep=None):
+        self.sleep = sleep  # None: VendorHttp's `pause`
 
     # --- configuration ------------------------------------------------------------------
 
@@ -236,11 +240,11 @@ class PerfectCorpProvider(RemoteProvider):
             budget.rate_limited(base=1.0 if poll else 2.0)
 
         return self.http(
-            sleep=self.sleep, before_request=before, on_rate_limited=limited, timeout=httpx.Timeout(20.0, connect=5.0)
+            sleep=self.sleep, before_request=before, on_rate_limited=limited, timeout=API_TIMEOUT
         )
 
     def _storage_http(self) -> VendorHttp:
-        return self.http(sleep=self.sleep, timeout=httpx.Timeout(60.0, connect=5.0))
+        return self.http(sleep=self.sleep, timeout=STORAGE_TIMEOUT)
 
     def _call(
         self, method: str, path: str, *, job_key: str | None, budget: RequestBudget, poll: bool = False, **kwargs
@@ -333,7 +337,7 @@ class PerfectCorpProvider(RemoteProvider):
             return cached["token"]
         if not cache.add(f"{key}:lock", 1, timeout=15):
             for _ in range(50):  # another process is asking; use its token
-                self.sleep(0.1)
+                (self.sleep or pause)(0.1)
                 fresh = cache.get(key)
                 if fresh and fresh["token"] not in (rejected, (cached or {}).get("token")):
                     return fresh["token"]
@@ -746,6 +750,8 @@ class PerfectCorpProvider(RemoteProvider):
         entries = result.get("results") or []
         items: list[tuple[dict, dict]] = []
         for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict):
+                continue
             for item in entry.get("data") or []:
                 if isinstance(item, dict) and item.get("url"):
                     items.append((item, entry.get("custom_info") or result.get("custom_info") or {}))
@@ -764,7 +770,12 @@ class PerfectCorpProvider(RemoteProvider):
                     max_seconds=DOWNLOAD_MAX_SECONDS,
                     allow_private=job.sandbox or self.is_sandboxed(),
                 )
-                picture = imaging.load_image(data)
+                try:
+                    picture = imaging.load_image(data, max_bytes=DOWNLOAD_MAX_BYTES)
+                except imaging.ImageRejected:  # its message speaks of an upload; this came from the vendor
+                    raise VendorError(
+                        f"{self.label} returned a damaged image. Please try again.", permanent=False
+                    ) from None
                 meta: dict[str, Any] = {"dst_id_at": now, "width": picture.width, "height": picture.height}
                 if item.get("dst_id"):
                     meta["dst_id"] = str(item["dst_id"])
