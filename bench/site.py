@@ -88,10 +88,10 @@ class Site:
 
     # --- processes ------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, argv: list[str], **env: str) -> subprocess.Popen:
         log = open(self.data_dir / f"{name}.log", "ab")
         self._logs.append(log)
-        proc = subprocess.Popen(argv, cwd=BASE_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, cwd=BASE_DIR, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         self._procs[name] = proc
         return proc
@@ -113,8 +113,8 @@ class Site:
         raise RuntimeError(f"gunicorn did not answer within 60 s\n{self.log('web')}")
 
     def start_worker(self, *, workers: int = 4) -> None:
-        self.env["Q_WORKERS"] = str(workers)
-        self._spawn("worker", [PYTHON, "manage.py", "qcluster"])
+        # INFO: django-q2 says "running." at that level.
+        self._spawn("worker", [PYTHON, "manage.py", "qcluster"], Q_WORKERS=str(workers), LOG_LEVEL="INFO")
         deadline = time.monotonic() + 60
         while "running." not in self.log("worker"):
             self.check_alive()
@@ -139,18 +139,24 @@ class Site:
         out = subprocess.run(["ps", "-o", "pid=", "-g", str(proc.pid)], capture_output=True, text=True).stdout
         return [int(pid) for pid in out.split()]
 
+    def stop_process(self, name: str) -> None:
+        """Stop one child (and its own process group): SIGTERM, then SIGKILL after 15 s."""
+        proc = self._procs.pop(name)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(15)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # only this child's own group
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+
     def stop(self) -> None:
         for proc in self._procs.values():
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self._procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(15)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # only this child's own group
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-        self._procs.clear()
+                proc.send_signal(signal.SIGTERM)  # all at once, so they wind down together
+        for name in list(self._procs):
+            self.stop_process(name)
         for log in self._logs:
             log.close()
         self._logs.clear()

@@ -122,19 +122,26 @@ def make_jobs(site: Site, portrait: bytes) -> dict[str, tuple[str, dict[str, str
     upload = visitor.post("/photos/", files={"photo": ("me.jpg", portrait, "image/jpeg")}, headers=csrf)
     upload.raise_for_status()
     photo = Photo.objects.latest("created_at")
-    # Q_SYNC: the web process runs the job inline, so it is finished when the answer comes.
+    # A real worker runs it; it is stopped before the measurements.
+    site.start_worker(workers=1)
     submitted = visitor.post("/jobs/", headers=csrf, data={
         "photo": str(photo.pk), "operation": "ai_headshot", "prompt": "corporate headshot, grey backdrop",
         "seed": "", "num_images": "4", "identity_scale": "0.8", "size": "custom", "width": "512", "height": "512",
     })
     submitted.raise_for_status()
     done = Job.objects.latest("created_at")
+    deadline = time.monotonic() + 120
+    while not done.is_terminal and time.monotonic() < deadline:
+        time.sleep(0.2)
+        done.refresh_from_db()
+    site.stop_process("worker")
     if done.status != Job.Status.SUCCEEDED or done.results.count() != 4:
         raise RuntimeError(f"the headshot job did not finish with 4 results: {done.status} {done.error_message}")
+    # Running jobs whose worker is alive (a fresh heartbeat); no worker runs during the measurements.
     running = Job.objects.create(
         owner_visitor=photo.owner_visitor, photo=photo, operation="studio_retouch", provider="local",
         params={"strength": 0.5}, status=Job.Status.RUNNING, stage="Retouching", progress=0.4,
-        started_at=timezone.now(),
+        started_at=timezone.now(), heartbeat_at=timezone.now(),
     )
     assert photo.owner_visitor and photo.owner_visitor == visitor_session(visitor)[VISITOR_SESSION_KEY]
 
@@ -147,6 +154,7 @@ def make_jobs(site: Site, portrait: bytes) -> dict[str, tuple[str, dict[str, str
     user_job = Job.objects.create(
         owner_user=user, operation="studio_retouch", provider="local", params={"strength": 0.5},
         status=Job.Status.RUNNING, stage="Retouching", progress=0.4, started_at=timezone.now(),
+        heartbeat_at=timezone.now(),
     )
 
     def cookie(client):
@@ -191,11 +199,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2, as runstudio)")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker (default 4, as runstudio)")
     parser.add_argument("--python-client", action="store_true", help="use the Python generator even if wrk exists")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory (database, logs) afterwards")
     args = parser.parse_args()
 
     wrk = None if args.python_client else ensure_wrk()
     generator = f"wrk ({wrk}), 1 thread" if wrk else "Python generator (keep-alive http.client threads)"
-    site = Site(env={"STUDIO_SANDBOX": "1", "Q_SYNC": "1"})
+    site = Site(env={"STUDIO_SANDBOX": "1"}, keep=args.keep)
     try:
         site.prepare()
         site.setup_django()
@@ -224,6 +233,8 @@ def main() -> None:
         site.check_alive()
     finally:
         site.stop()
+        if args.keep:
+            print(f"data directory kept: {site.data_dir}")
 
     base = statistics.median(rates["trivial"])
     base_cpu = statistics.median(per_cpu["trivial"])

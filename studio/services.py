@@ -285,14 +285,18 @@ def _store_outputs(job: Job, outputs: list[Output]) -> None:
     written: list = []
     try:
         with transaction.atomic():
+            # Only the run that holds the job now may store: a worker given up for
+            # dead (its job claimed again under a new attempt) rolls back here.
+            if not Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).exists():
+                raise _JobNoLongerRunning
             job.results.all().delete()  # a resumed run replaces partial results
             for index, output in enumerate(outputs):
                 written += _store_output(job, index, output)
-            updated = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+            updated = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).update(
                 status=Job.Status.SUCCEEDED, stage="Done", progress=1.0, finished_at=timezone.now()
             )
             if updated != 1:
-                # The sweeper failed the job meanwhile; keep its verdict.
+                # The sweeper failed the job, or another run took it over, meanwhile; keep that.
                 raise _JobNoLongerRunning
     except BaseException as exc:
         for field in written:

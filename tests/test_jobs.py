@@ -313,3 +313,33 @@ def test_results_of_a_job_the_sweeper_failed_meanwhile_are_dropped(photo, pollin
     assert job.status == Job.Status.FAILED and job.error_message == services.TIMED_OUT
     assert not Result.objects.exists()
     assert _files_under(f"results/{job.pk}") == []
+
+
+def test_a_run_given_up_for_dead_stores_nothing_beside_the_run_that_took_over(photo):
+    """A worker that was only slow (its job was claimed again under a new
+    attempt) must not store results or finish the job it no longer holds."""
+    job = services.job_create(
+        owner=OWNER, photo=photo, operation=get_operation("studio_retouch"), params={"strength": 0.5}
+    )
+    job.refresh_from_db()
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING, finished_at=None)
+    job.results.all().delete()
+    job.refresh_from_db()
+    stale_run = Job.objects.get(pk=job.pk)
+    # Recovery hands the job to another worker: a new claim, a new attempt.
+    Job.objects.filter(pk=job.pk).update(attempts=stale_run.attempts + 1)
+    files_before = _result_files(job)
+
+    services._store_outputs(stale_run, [Output(data=photo.image.open("rb").read())])
+
+    job.refresh_from_db()
+    assert job.status == Job.Status.RUNNING  # still the new run's to finish
+    assert job.results.count() == 0
+    assert _result_files(job) == files_before
+
+
+def _result_files(job) -> set[str]:
+    try:
+        return set(default_storage.listdir(f"results/{job.pk}")[1])
+    except FileNotFoundError:
+        return set()

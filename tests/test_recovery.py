@@ -265,3 +265,11 @@ def test_a_task_lost_while_its_worker_was_dead_runs_again_and_is_charged_once(ho
     tasks = books.tasks_of(struck)
     assert sorted(t.status for t in tasks) == ["lost", "success"]  # a new request_id, a new task
     assert emulator.counters["charges"] == 2  # the lost task cost nothing
+
+
+def test_recovery_is_also_scheduled_every_minute():
+    from django_q.models import Schedule
+
+    schedule = Schedule.objects.get(name="recover-jobs")
+    assert schedule.func == "studio.tasks.recover_jobs"
+    assert schedule.schedule_type == Schedule.MINUTES and schedule.minutes == 1 and schedule.repeats == -1
