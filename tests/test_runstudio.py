@@ -64,3 +64,55 @@ def test_runstudio_serves_pages_and_starts_a_worker(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
     assert proc.returncode == 0, (tmp_path / "run.log").read_text()
+
+
+@pytest.mark.qcluster
+def test_runstudio_in_sandbox_mode_shares_one_emulator_host_and_stops_it(tmp_path):
+    """With STUDIO_SANDBOX=1 the web server and the worker must meet the same
+    emulated vendors: runstudio starts one emulator host and points both at it."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "STUDIO_DATA_DIR": str(tmp_path / "data"),
+        "STATIC_ROOT": str(tmp_path / "static"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'db.sqlite3'}",
+        "STUDIO_SANDBOX": "1",
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.pop("STUDIO_SANDBOX_URL", None)
+    for command in (["migrate", "--noinput", "-v0"], ["collectstatic", "--noinput", "-v0"]):
+        subprocess.run([sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True, timeout=120)
+    log_path = tmp_path / "run.log"
+    log = open(log_path, "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "runstudio", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and "STUDIO_SANDBOX_URL=" not in log_path.read_text():
+            time.sleep(0.2)
+        sandbox_url = log_path.read_text().split("STUDIO_SANDBOX_URL=")[1].split()[0]
+        assert sandbox_url.startswith("http://127.0.0.1:")
+        credentials = httpx.get(f"{sandbox_url}/_host/perfectcorp", timeout=5)
+        assert credentials.status_code == 200
+        home = None
+        while time.time() < deadline:
+            try:
+                home = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert home is not None and home.status_code == 200
+        assert "Sandbox" in home.text
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    assert proc.returncode == 0, log_path.read_text()
+    # Stopping the app stopped its emulator host too.
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{sandbox_url}/_host/perfectcorp", timeout=2)

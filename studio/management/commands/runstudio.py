@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,10 +41,20 @@ class Command(BaseCommand):
         # Children get their own session: Ctrl-C in the terminal reaches only
         # this supervisor, which then stops them, so a child that exits from
         # the signal is never mistaken for a crash.
-        children = {
-            "web": subprocess.Popen(web, cwd=settings.BASE_DIR, env=env, start_new_session=True),
-            "worker": subprocess.Popen(worker, cwd=settings.BASE_DIR, env=env, start_new_session=True),
-        }
+        children = {}
+        if settings.STUDIO_SANDBOX and not settings.STUDIO_SANDBOX_URL:
+            # One emulator host for the web server and every worker process, so a job
+            # resumed by another worker, a chained result and the shared request budget
+            # all meet the same emulated vendor (studio/vendors/emulators/host.py).
+            emulator_port = _free_port()
+            children["emulators"] = subprocess.Popen(
+                [python, "manage.py", "runemulators", "--port", str(emulator_port)],
+                cwd=settings.BASE_DIR, env=env, start_new_session=True,
+            )
+            env["STUDIO_SANDBOX_URL"] = f"http://127.0.0.1:{emulator_port}"
+            _wait_listening(emulator_port, children["emulators"])
+        children["web"] = subprocess.Popen(web, cwd=settings.BASE_DIR, env=env, start_new_session=True)
+        children["worker"] = subprocess.Popen(worker, cwd=settings.BASE_DIR, env=env, start_new_session=True)
         self.stdout.write(self.style.SUCCESS(f"\nPortrait Studio is running at http://{shown_host}:{port}/"))
         self.stdout.write(f"Data (database, photos) is kept in {settings.DATA_DIR}. Press Ctrl-C to stop.\n")
 
@@ -74,3 +85,19 @@ class Command(BaseCommand):
             except subprocess.TimeoutExpired:
                 child.kill()
         sys.exit(exit_code)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_listening(port: int, child: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Start the app only once the emulators answer, so its first sandbox job finds them."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and child.poll() is None:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
