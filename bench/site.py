@@ -78,7 +78,7 @@ class Site:
         """Configure Django in this process on the same database and media (to make fixtures)."""
         os.environ.update({k: self.env[k] for k in ("DJANGO_SETTINGS_MODULE", "STUDIO_DATA_DIR",
                                                     "SECRET_KEY_FILE", "STATIC_ROOT", "STUDIO_PUBLIC_URL")})
-        for key in ("DATABASE_URL", "REDIS_URL", "STUDIO_SANDBOX", "AWS_STORAGE_BUCKET_NAME"):
+        for key in ("DATABASE_URL", "REDIS_URL", "STUDIO_SANDBOX", "STUDIO_SANDBOX_URL", "AWS_STORAGE_BUCKET_NAME"):
             if key in self.env:
                 os.environ[key] = self.env[key]
         os.environ.pop("SECRET_KEY", None)
@@ -95,6 +95,18 @@ class Site:
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         self._procs[name] = proc
         return proc
+
+    def start_emulators(self) -> None:
+        """One emulator host for every process, as runstudio starts in sandbox mode (call before the others)."""
+        port = free_port()
+        self._spawn("emulators", [PYTHON, "manage.py", "runemulators", "--port", str(port)])
+        self.env["STUDIO_SANDBOX_URL"] = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while "Emulators of" not in self.log("emulators"):
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the emulator host did not start within 60 s\n{self.log('emulators')}")
+            time.sleep(0.1)
 
     def start_web(self, *, workers: int = 2, threads: int = 4) -> None:
         """gunicorn with runstudio's options (gthread workers, access log), on this site's port."""

@@ -207,6 +207,7 @@ def main() -> None:
     site = Site(env={"STUDIO_SANDBOX": "1"}, keep=args.keep)
     try:
         site.prepare()
+        site.start_emulators()  # sandbox vendors in one host process, as runstudio runs them
         site.setup_django()
         site.start_web(workers=args.workers, threads=args.threads)
         from tests.images import astronaut, to_bytes

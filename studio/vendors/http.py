@@ -12,10 +12,12 @@ same adapter code runs against it without any network.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import random
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -54,6 +56,14 @@ def pause(seconds: float) -> None:
     time.sleep(seconds)
 
 
+class UnreadableAnswer(VendorError):
+    """A 2xx answer that is not a JSON object (e.g. a proxy's HTML page)."""
+
+
+class AnswerTooLarge(VendorError):
+    """An answer read with `max_bytes` grew past it (the adapter may word it its own way)."""
+
+
 def parse_retry_after(response: httpx.Response) -> float | None:
     raw = response.headers.get("Retry-After", "").strip()
     try:
@@ -69,6 +79,15 @@ def describe_transport_error(exc: httpx.HTTPError, vendor: str) -> str:
     if isinstance(exc, httpx.ConnectError):
         return f"We couldn't reach {vendor}. Please try again in a few minutes."
     return f"The connection to {vendor} broke off. Please try again in a minute."
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context per process for every vendor client. Building one loads
+    the whole CA bundle (~30 ms on a quiet machine, 60-75 ms on a busy one),
+    which every job paid again when each client built its own
+    (docs/benchmarks.md, "Pipeline overhead")."""
+    return httpx.create_ssl_context()
 
 
 @dataclass
@@ -89,7 +108,11 @@ class VendorHttp:
 
     def __post_init__(self):
         self._client = httpx.Client(
-            base_url=self.base_url, transport=self.transport, timeout=self.timeout, follow_redirects=False
+            base_url=self.base_url,
+            transport=self.transport,
+            timeout=self.timeout,
+            follow_redirects=False,
+            verify=_tls_context(),
         )
 
     def close(self) -> None:
@@ -97,6 +120,10 @@ class VendorHttp:
 
     def _wait(self, seconds: float) -> None:
         (self.sleep or pause)(seconds)
+
+    def backoff(self, attempt: int) -> None:
+        """Wait before retry number `attempt` of a call the adapter repeats itself (as `request` would)."""
+        self._wait(backoff_delay(attempt, base=self.backoff_base))
 
     def request(
         self,
@@ -106,6 +133,8 @@ class VendorHttp:
         retry: bool = True,
         retry_statuses: Iterable[int] = RETRYABLE_STATUS,
         retry_errors: tuple[type[Exception], ...] = (httpx.HTTPError,),
+        max_bytes: int | None = None,
+        max_seconds: float | None = None,
         **kwargs,
     ) -> httpx.Response:
         """Send a request; returns the response for any status it won't retry.
@@ -116,14 +145,26 @@ class VendorHttp:
         to map (each vendor words its errors differently). `retry_errors`
         narrows which network errors are retried (NOT_SENT_ERRORS for calls
         that must not run twice).
+
+        `max_bytes` / `max_seconds` cap the answer's body, for answers that
+        carry the results themselves: it is read as it arrives, and one that
+        grows too large (AnswerTooLarge) or is still arriving `max_seconds`
+        after the request went out (a trickle that each read timeout would
+        let through) ends the call. Failures while reading the body are not
+        retried: the request was answered, so it may have been billed.
         """
         retry_statuses = frozenset(retry_statuses)
         attempts = 1 + (self.retries if retry else 0)
+        capped = max_bytes is not None or max_seconds is not None
         for attempt in range(1, attempts + 1):
             if self.before_request:
                 self.before_request(method, url)
+            started = time.monotonic()
             try:
-                response = self._client.request(method, url, **kwargs)
+                if capped:
+                    response = self._client.send(self._client.build_request(method, url, **kwargs), stream=True)
+                else:
+                    response = self._client.request(method, url, **kwargs)
             except httpx.HTTPError as exc:
                 log.warning("%s %s %s failed: %s", self.vendor, method, _path_only(url), type(exc).__name__)
                 if attempt == attempts or not isinstance(exc, retry_errors):
@@ -133,6 +174,7 @@ class VendorHttp:
             if response.status_code == 429 and self.on_rate_limited:
                 self.on_rate_limited(response)
             if response.status_code in retry_statuses:
+                response.close()
                 log.warning("%s %s %s answered %s", self.vendor, method, _path_only(url), response.status_code)
                 retry_after = parse_retry_after(response)
                 if attempt == attempts:
@@ -140,8 +182,41 @@ class VendorHttp:
                                       retry_after=retry_after)
                 self._wait(backoff_delay(attempt, base=self.backoff_base, retry_after=retry_after))
                 continue
+            if capped:
+                return self._read_capped(response, started=started, max_bytes=max_bytes, max_seconds=max_seconds)
             return response
         raise AssertionError("unreachable")
+
+    def _read_capped(
+        self, response: httpx.Response, *, started: float, max_bytes: int | None, max_seconds: float | None
+    ) -> httpx.Response:
+        """The streamed `response`, read within the caps into an ordinary (read) response."""
+        too_large = AnswerTooLarge(f"{self.vendor} sent an answer too large to accept. Please try again.")
+        too_slow = VendorError(
+            f"Fetching the result from {self.vendor} took too long. Please try again.", permanent=False
+        )
+        try:
+            declared = response.headers.get("Content-Length", "").strip()
+            if max_bytes is not None and declared.isdigit() and int(declared) > max_bytes:
+                raise too_large
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():  # decoded bytes: a small gzip "bomb" is capped too
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise too_large
+                if max_seconds is not None and time.monotonic() - started > max_seconds:
+                    raise too_slow
+                chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            raise VendorError(describe_transport_error(exc, self.vendor), permanent=False) from None
+        finally:
+            response.close()
+        headers = [
+            (k, v)
+            for k, v in response.headers.multi_items()
+            if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")
+        ]
+        return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks), request=response.request)
 
     def json(self, response: httpx.Response) -> dict:
         """The response's JSON object, or a VendorError when it is not one."""
@@ -150,7 +225,7 @@ class VendorHttp:
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            raise VendorError(
+            raise UnreadableAnswer(
                 f"{self.vendor} sent an answer we couldn't read. Please try again in a minute.", permanent=False
             )
         return data
