@@ -14,6 +14,11 @@ only exists there) and runs the job with services.job_run. Then it checks:
   (VendorHttp waits through `studio.vendors.http.pause`, which is recorded
   here instead of sleeping, so the matrix runs in seconds).
 
+Faults below the vendor's own protocol (a 5xx, a timeout, a reset, a garbled
+or slow answer) use the switches every emulator inherits from the Emulator
+base, aimed at one call with `fault_path`; the vendor-specific ones (engine
+codes, lost or stuck tasks, NSFW flags, …) are each emulator's own.
+
 Where a fault cannot happen to a vendor, NOT_APPLICABLE says why; a test
 keeps the two tables covering the whole grid.
 """
@@ -162,15 +167,22 @@ class Case:
 PC_FILE = ("POST", r"/s2s/v1\.0/file/sod$")
 PC_RUN = ("POST", r"/s2s/v1\.0/task/sod$")
 PC_POLL = ("GET", r"/s2s/v1\.0/task/sod$")
+PC_AUTH = ("POST", r"/s2s/v1\.0/client/auth$")
 HS_CALL = ("POST", r"/api/generate-portrait$")
 WS_SUBMIT = ("POST", r"/api/v3/wavespeed-ai/portrait$")
 WS_POLL = ("GET", r"/api/v3/predictions/")
 VX_CREATE = ("POST", r"/model/v1/generation$")
 VX_POLL = ("GET", r"/model/v1/generation/task/")
 PC = dict(vendor="perfectcorp")
+ON_AUTH = {"fault_path": "/client/auth"}
 ON_FILE = {"fault_path": "/file/"}  # Perfect Corp: fault only the file-slot call
 ON_TASK = {"fault_path": r"/task/sod$"}  # the run, and (with starts_at=PC_POLL) the polls
 PC_DEADLINE = {"PERFECTCORP_JOB_DEADLINE_S": 1}
+# The Emulator base's generic switches, aimed with `fault_path`.
+WS_ON_SUBMIT = {"fault_path": r"/wavespeed-ai/portrait$"}
+WS_ON_POLL = {"fault_path": r"/predictions/"}
+VX_ON_CREATE = {"fault_path": r"/generation$"}
+VX_ON_POLL = {"fault_path": r"/task/"}
 
 CASES: tuple[Case, ...] = (
     # --- Perfect Corp: every call retried (a run carries its request_id, so a retry is never billed twice)
@@ -206,13 +218,23 @@ CASES: tuple[Case, ...] = (
     # The run is processed, then its answer is lost: the retry carries the same request_id, charged once.
     Case(**PC, fault="connection reset", variant="answer to the run lost", faults={"reset_after": 1, **ON_TASK},
          call=PC_RUN, tries=2, counters={"tasks": 1, "charges": 1, "duplicate_requests": 1}),
-    # A garbled status answer is polled again (twice at most); one on any other call ends the job at once.
+    # A garbled status answer is polled again (twice at most); one to any other call is asked for
+    # once more (every call is safe to repeat: the run carries its request_id).
     Case(**PC, fault="malformed JSON", variant="clears on the poll", faults={"malformed_json": 1, **ON_TASK},
          starts_at=PC_POLL, call=PC_POLL, tries=2, waits=0, counters={"charges": 1}),
     Case(**PC, fault="malformed JSON", variant="persists on the poll", faults={"malformed_json": 99, **ON_TASK},
          starts_at=PC_POLL, failure=UNREADABLE, call=PC_POLL, tries=3, waits=0),
-    Case(**PC, fault="malformed JSON", variant="on the file call", faults={"malformed_json": 1, **ON_FILE},
-         failure=UNREADABLE, call=PC_FILE, tries=1),
+    Case(**PC, fault="malformed JSON", variant="clears on the auth call", faults={"malformed_json": 1, **ON_AUTH},
+         call=PC_AUTH, tries=2),
+    Case(**PC, fault="malformed JSON", variant="persists on the auth call", faults={"malformed_json": 99, **ON_AUTH},
+         failure=UNREADABLE, call=PC_AUTH, tries=2),
+    Case(**PC, fault="malformed JSON", variant="clears on the file call", faults={"malformed_json": 1, **ON_FILE},
+         call=PC_FILE, tries=2),
+    Case(**PC, fault="malformed JSON", variant="persists on the file call", faults={"malformed_json": 99, **ON_FILE},
+         failure=UNREADABLE, call=PC_FILE, tries=2),
+    # The run was processed, its answer garbled: the second ask carries the same request_id, charged once.
+    Case(**PC, fault="malformed JSON", variant="clears on the run", faults={"malformed_json": 1, **ON_TASK},
+         call=PC_RUN, tries=2, counters={"tasks": 1, "charges": 1, "duplicate_requests": 1}),
     Case(**PC, fault="unexpected status", variant="'queued' while running", faults={"unknown_status": "queued"},
          emulator={"engine_seconds": 0.8}),
     Case(**PC, fault="engine error", variant="photo problem", faults={"engine_error": "error_multiple_people"},
@@ -247,12 +269,33 @@ CASES: tuple[Case, ...] = (
     Case("headshot", "429", "persists", {"rate_limited": 99}, failure=BUSY, call=HS_CALL, tries=3, retry_after=1.0),
     Case("headshot", "500", "once (not retried: may be billed)", {"server_error": 1},
          failure=re.escape(headshot.VENDOR_FAULT), call=HS_CALL, tries=1),
+    Case("headshot", "502", "once (not retried: may be billed)", {"502": 1},
+         failure=re.escape(headshot.VENDOR_FAULT), call=HS_CALL, tries=1, counters={"charges": 0}),
+    Case("headshot", "503", "persists (not retried: may be billed)", {"503": 99},
+         failure=re.escape(headshot.VENDOR_FAULT), call=HS_CALL, tries=1, counters={"charges": 0}),
+    # A connection that was never made can't have been billed: retried.
+    Case("headshot", "connect timeout", "clears", {"connect_timeout": 2}, call=HS_CALL, tries=3, wire="in-process",
+         counters={"charges": 1}),
+    Case("headshot", "connect timeout", "persists", {"connect_timeout": 99}, failure=NO_ANSWER, call=HS_CALL,
+         tries=3, wire="in-process", counters={"charges": 0}),
     Case("headshot", "connect refused", "persists", {}, failure=UNREACHABLE, wire="refused"),
     Case("headshot", "read timeout", "once (not retried: may be billed)", {"hang": 1}, failure=NO_ANSWER,
          call=HS_CALL, tries=1, settings={"HEADSHOT_API_JOB_DEADLINE_S": READ_TIMEOUT}),
     Case("headshot", "connection reset", "once (not retried: may be billed)", {"reset": 1}, failure=BROKE_OFF,
          call=HS_CALL, tries=1),
+    # The headshots were made (and billed), their answer lost: never asked for a second time.
+    Case("headshot", "connection reset", "answer lost (not retried)", {"reset_after": 1}, failure=BROKE_OFF,
+         call=HS_CALL, tries=1, counters={"charges": 1}),
     Case("headshot", "malformed JSON", "truncated body", {"truncated": 1}, failure=UNREADABLE, call=HS_CALL, tries=1),
+    Case("headshot", "malformed JSON", "a proxy's HTML page", {"malformed_json": 1}, failure=UNREADABLE,
+         call=HS_CALL, tries=1, counters={"charges": 1}),
+    # The images come inside the answer: a trickle that each read timeout lets through is cut off
+    # at the job's deadline, an answer past the size cap as soon as it says so.
+    Case("headshot", "slow download", "the answer trickles in", {"slow_answer": 8.0}, failure=TOO_SLOW,
+         call=HS_CALL, tries=1, settings={"HEADSHOT_API_JOB_DEADLINE_S": 3}),
+    Case("headshot", "oversized download", "the answer past the size cap", {"oversized_answer": 3 << 20},
+         patches={"studio.vendors.headshot.MAX_RESPONSE_BYTES": 2 << 20}, failure=re.escape(headshot.TOO_LARGE),
+         call=HS_CALL, tries=1),
     Case("headshot", "engine error", "no images in the answer", {"empty_outputs": 1},
          failure=re.escape(headshot.NO_OUTPUT), call=HS_CALL, tries=1),
     Case("headshot", "NSFW flag", "unsafe input", {"unsafe": 1}, failure=re.escape(headshot.UNSAFE), call=HS_CALL,
@@ -270,9 +313,34 @@ CASES: tuple[Case, ...] = (
          counters={"submits": 1}),
     Case("wavespeed", "503", "persists on the submit", {"submit_error": 99}, failure=TROUBLE.format(status=503),
          call=WS_SUBMIT, tries=4, counters={"submits": 0}),
+    Case("wavespeed", "500", "clears on the poll", {"500": 2, **WS_ON_POLL}, waits=2,
+         counters={"submits": 1, "charges": 1}),
+    Case("wavespeed", "500", "persists on the submit", {"500": 99, **WS_ON_SUBMIT}, failure=TROUBLE.format(status=500),
+         call=WS_SUBMIT, tries=4, counters={"submits": 0}),
+    Case("wavespeed", "connect timeout", "clears on the submit", {"connect_timeout": 2, **WS_ON_SUBMIT},
+         call=WS_SUBMIT, tries=3, wire="in-process", counters={"submits": 1}),
+    Case("wavespeed", "connect timeout", "persists on the submit", {"connect_timeout": 99, **WS_ON_SUBMIT},
+         failure=NO_ANSWER, call=WS_SUBMIT, tries=4, wire="in-process", counters={"submits": 0}),
     Case("wavespeed", "connect refused", "persists", {}, failure=UNREACHABLE, wire="refused"),
     Case("wavespeed", "read timeout", "answer to the submit lost (not retried)", {"submit_timeout": 1},
          failure=NO_ANSWER, call=WS_SUBMIT, tries=1, short_timeouts=True, counters={"submits": 1, "charges": 0}),
+    Case("wavespeed", "read timeout", "clears on the poll", {"read_timeout": 2, **WS_ON_POLL}, waits=2,
+         wire="in-process", counters={"submits": 1, "charges": 1}),
+    # A submit that broke off may have created its task: it is not sent again.
+    Case("wavespeed", "connection reset", "on the submit (not retried)", {"reset": 1, **WS_ON_SUBMIT},
+         failure=BROKE_OFF, call=WS_SUBMIT, tries=1, counters={"submits": 0}),
+    Case("wavespeed", "connection reset", "answer to the submit lost (not retried)", {"reset_after": 1, **WS_ON_SUBMIT},
+         failure=BROKE_OFF, call=WS_SUBMIT, tries=1, counters={"submits": 1, "charges": 0}),
+    Case("wavespeed", "connection reset", "clears on the poll", {"reset": 2, **WS_ON_POLL}, waits=2,
+         counters={"submits": 1, "charges": 1}),
+    Case("wavespeed", "malformed JSON", "on the submit (not retried)", {"malformed_json": 1, **WS_ON_SUBMIT},
+         failure=UNREADABLE, call=WS_SUBMIT, tries=1, counters={"submits": 1, "charges": 0}),
+    Case("wavespeed", "malformed JSON", "clears on the poll", {"malformed_json": 1, **WS_ON_POLL}, waits=0,
+         counters={"submits": 1, "charges": 1}),
+    Case("wavespeed", "malformed JSON", "persists on the poll", {"malformed_json": 99, **WS_ON_POLL},
+         failure=UNREADABLE, call=WS_POLL, tries=3, waits=0, counters={"submits": 1}),
+    Case("wavespeed", "lost task", "404 at the first poll", {"lost_task": 1}, failure=re.escape(wavespeed.LOST),
+         call=WS_POLL, tries=1, counters={"submits": 1, "lost": 1, "charges": 0}),
     Case("wavespeed", "unexpected status", "'pending'", {"unknown_status": "pending"}),
     Case("wavespeed", "engine error", "generation failed", {"task_error": "out of memory"},
          failure=re.escape(wavespeed.FAILED)),
@@ -281,6 +349,10 @@ CASES: tuple[Case, ...] = (
     Case("wavespeed", "stuck task", "processing past the deadline", {"stuck": True},
          settings={"WAVESPEED_JOB_DEADLINE_S": 1}, failure=re.escape(wavespeed.TIMED_OUT)),
     Case("wavespeed", "expired result URL", "404", {"output_ttl": -1}, failure=EXPIRED),
+    Case("wavespeed", "slow download", "past the time cap", {"slow_download": STALL},
+         patches={"studio.vendors.wavespeed.DOWNLOAD_MAX_SECONDS": 0.5}, failure=TOO_SLOW),
+    Case("wavespeed", "oversized download", "past the size cap", {"oversized_download": 3 << 20},
+         patches={"studio.vendors.wavespeed.DOWNLOAD_MAX_BYTES": 2 << 20}, failure=TOO_LARGE),
     Case("wavespeed", "NSFW flag", "output flagged: kept, hidden", {"nsfw": True}, result_meta={"nsfw": True}),
     Case("wavespeed", "NSFW flag", "task refused", {"task_error": "NSFW content detected in output"},
          failure=re.escape(wavespeed.UNSAFE)),
@@ -292,9 +364,37 @@ CASES: tuple[Case, ...] = (
     Case("vtrix", "500", "clears", {"server_error": 3}, call=VX_CREATE, tries=4, counters={"creates": 1}),
     Case("vtrix", "500", "persists", {"server_error": 99}, failure=TROUBLE.format(status=500), call=VX_CREATE,
          tries=4, counters={"creates": 0}),
+    Case("vtrix", "502", "clears on the poll", {"502": 2, **VX_ON_POLL}, waits=2,
+         counters={"creates": 1, "charges": 1}),
+    Case("vtrix", "502", "persists on the poll", {"502": 99, **VX_ON_POLL}, failure=TROUBLE.format(status=502),
+         call=VX_POLL, tries=4, counters={"creates": 1, "charges": 0}),
+    Case("vtrix", "503", "clears on the create", {"503": 3, **VX_ON_CREATE}, call=VX_CREATE, tries=4,
+         counters={"creates": 1}),
+    Case("vtrix", "503", "persists on the create", {"503": 99, **VX_ON_CREATE}, failure=TROUBLE.format(status=503),
+         call=VX_CREATE, tries=4, counters={"creates": 0}),
+    Case("vtrix", "connect timeout", "clears on the create", {"connect_timeout": 2, **VX_ON_CREATE},
+         call=VX_CREATE, tries=3, wire="in-process", counters={"creates": 1}),
+    Case("vtrix", "connect timeout", "persists on the create", {"connect_timeout": 99, **VX_ON_CREATE},
+         failure=NO_ANSWER, call=VX_CREATE, tries=4, wire="in-process", counters={"creates": 0}),
     Case("vtrix", "connect refused", "persists", {}, failure=UNREACHABLE, wire="refused"),
     Case("vtrix", "read timeout", "answer to the create lost (not retried)", {"create_timeout": 1},
          failure=NO_ANSWER, call=VX_CREATE, tries=1, short_timeouts=True, counters={"creates": 1, "charges": 0}),
+    Case("vtrix", "read timeout", "clears on the poll", {"read_timeout": 2, **VX_ON_POLL}, waits=2,
+         wire="in-process", counters={"creates": 1, "charges": 1}),
+    Case("vtrix", "connection reset", "on the create (not retried)", {"reset": 1, **VX_ON_CREATE},
+         failure=BROKE_OFF, call=VX_CREATE, tries=1, counters={"creates": 0}),
+    Case("vtrix", "connection reset", "answer to the create lost (not retried)", {"reset_after": 1, **VX_ON_CREATE},
+         failure=BROKE_OFF, call=VX_CREATE, tries=1, counters={"creates": 1, "charges": 0}),
+    Case("vtrix", "connection reset", "clears on the poll", {"reset": 2, **VX_ON_POLL}, waits=2,
+         counters={"creates": 1, "charges": 1}),
+    Case("vtrix", "malformed JSON", "on the create (not retried)", {"malformed_json": 1, **VX_ON_CREATE},
+         failure=UNREADABLE, call=VX_CREATE, tries=1, counters={"creates": 1, "charges": 0}),
+    Case("vtrix", "malformed JSON", "clears on the poll", {"malformed_json": 1, **VX_ON_POLL}, waits=0,
+         counters={"creates": 1, "charges": 1}),
+    Case("vtrix", "malformed JSON", "persists on the poll", {"malformed_json": 99, **VX_ON_POLL},
+         failure=UNREADABLE, call=VX_POLL, tries=3, waits=0, counters={"creates": 1}),
+    Case("vtrix", "lost task", "404 at the first poll", {"lost_task": 1}, failure=re.escape(vtrix.LOST),
+         call=VX_POLL, tries=1, counters={"creates": 1, "lost": 1, "charges": 0}),
     Case("vtrix", "unexpected status", "'in_queue' / 'in_progress'", {"status_spelling": "alt"}),
     Case("vtrix", "engine error", "transient code, clears on the resubmit",
          {"task_error": "003010095", "task_error_times": 1}, counters={"creates": 2, "charges": 1}),
@@ -305,37 +405,20 @@ CASES: tuple[Case, ...] = (
     Case("vtrix", "stuck task", "processing past the deadline", {"stuck": True}, settings={"VTRIX_JOB_DEADLINE_S": 1},
          failure=re.escape(vtrix.TIMED_OUT)),
     Case("vtrix", "expired result URL", "403", {"output_ttl": -1}, failure=EXPIRED),
+    Case("vtrix", "slow download", "past the time cap", {"slow_download": STALL},
+         patches={"studio.vendors.vtrix.DOWNLOAD_MAX_SECONDS": 0.5}, failure=TOO_SLOW),
+    Case("vtrix", "oversized download", "past the size cap", {"oversized_download": 3 << 20},
+         patches={"studio.vendors.vtrix.DOWNLOAD_MAX_BYTES": 2 << 20}, failure=TOO_LARGE),
     Case("vtrix", "NSFW flag", "moderation", {"moderation": True}, failure=re.escape(vtrix.UNSAFE)),
     Case("vtrix", "account refused", "no balance", {"no_balance": True}, failure=re.escape(vtrix.UNAVAILABLE)),
 )
 
-_NO_SWITCH = "its emulator has no switch for this fault"
-_INLINE = "results arrive inline as base64 in the one answer: nothing is downloaded"
+_SYNCHRONOUS = "one synchronous call answers with the images inline (as base64)"
 NOT_APPLICABLE: dict[tuple[str, str], str] = {
-    ("headshot", "502"): "the emulator's only 5xx switch is 500; the adapter maps every 5xx alike",
-    ("headshot", "503"): "the emulator's only 5xx switch is 500; the adapter maps every 5xx alike",
-    ("headshot", "connect timeout"): _NO_SWITCH + "; connect errors are covered by 'connect refused'",
-    ("headshot", "unexpected status"): "one synchronous answer: there is no task status to poll",
-    ("headshot", "lost task"): "one synchronous answer: there is no task to lose",
-    ("headshot", "stuck task"): "one synchronous answer: a stalled answer is the 'read timeout' case",
-    ("headshot", "expired result URL"): _INLINE,
-    ("headshot", "slow download"): _INLINE,
-    ("headshot", "oversized download"): _INLINE,
-    ("wavespeed", "500"): "the emulator's 5xx switches are 503 (submit) and 502 (poll)",
-    ("wavespeed", "connect timeout"): _NO_SWITCH + "; connect errors are covered by 'connect refused'",
-    ("wavespeed", "connection reset"): _NO_SWITCH,
-    ("wavespeed", "malformed JSON"): _NO_SWITCH,
-    ("wavespeed", "lost task"): _NO_SWITCH + " (a 404 on the poll maps to 'we lost track of this job')",
-    ("wavespeed", "slow download"): _NO_SWITCH,
-    ("wavespeed", "oversized download"): _NO_SWITCH,
-    ("vtrix", "502"): "the emulator's only 5xx switch is 500",
-    ("vtrix", "503"): "the emulator's only 5xx switch is 500",
-    ("vtrix", "connect timeout"): _NO_SWITCH + "; connect errors are covered by 'connect refused'",
-    ("vtrix", "connection reset"): _NO_SWITCH,
-    ("vtrix", "malformed JSON"): _NO_SWITCH,
-    ("vtrix", "lost task"): _NO_SWITCH + " (a 404 on the poll maps to 'we lost track of this job')",
-    ("vtrix", "slow download"): _NO_SWITCH,
-    ("vtrix", "oversized download"): _NO_SWITCH,
+    ("headshot", "unexpected status"): _SYNCHRONOUS + ": there is no task status to read",
+    ("headshot", "lost task"): _SYNCHRONOUS + ": there is no task to lose",
+    ("headshot", "stuck task"): _SYNCHRONOUS + ": a stalled answer is the 'read timeout' case",
+    ("headshot", "expired result URL"): _SYNCHRONOUS + ": no result link is handed out, so none can expire",
 }
 
 
@@ -631,6 +714,10 @@ WORKER_SLICE = (
     "vtrix-500-persists",
     "vtrix-NSFW_flag-moderation",
     "vtrix-engine_error-transient_code,_persists",
+    "perfectcorp-malformed_JSON-persists_on_the_file_call",
+    "headshot-503-persists_(not_retried:_may_be_billed)",
+    "wavespeed-lost_task-404_at_the_first_poll",
+    "vtrix-connection_reset-answer_to_the_create_lost_(not_retried)",
 )
 WORKER_ENV = {
     "PERFECTCORP_POLL_FLOOR_MS": "100",

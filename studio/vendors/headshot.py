@@ -21,7 +21,7 @@ import httpx
 from django.conf import settings
 
 from studio.vendors.base import JobInput, Output, Progress, Submission, VendorError
-from studio.vendors.http import NOT_SENT_ERRORS
+from studio.vendors.http import NOT_SENT_ERRORS, AnswerTooLarge
 from studio.vendors.remote import RemoteProvider
 from studio.vendors.seeds import seed_for
 from studio.vendors.sending import jpeg_within
@@ -38,6 +38,7 @@ REJECTED = "This photo or these settings weren't accepted. Use one clear, front-
 UNSAFE = "The Headshot API refused this photo or style as unsafe content. Try a different photo or template."
 NO_OUTPUT = "No portrait could be generated from this photo. Try another photo."
 VENDOR_FAULT = "The Headshot API had a problem. Please try again in a few minutes."
+TOO_LARGE = "The Headshot API sent more data than we accept. Please try fewer images."
 
 
 class HeadshotProvider(RemoteProvider):
@@ -68,12 +69,23 @@ class HeadshotProvider(RemoteProvider):
             "outputImageHeight": params["height"],
         }
         job.report(f"Generating {params['count']} headshot{'s' if params['count'] > 1 else ''}", 0.1)
-        http = self.http(timeout=httpx.Timeout(float(settings.HEADSHOT_API_JOB_DEADLINE_S), connect=5.0), retries=2)
+        deadline = float(settings.HEADSHOT_API_JOB_DEADLINE_S)
+        http = self.http(timeout=httpx.Timeout(deadline, connect=5.0), retries=2)
         try:
+            # The answer carries the images: read it as it comes, within a size and a time cap
+            # (the read timeout alone would let a trickle of bytes go on for ever).
             response = http.request(
-                "POST", settings.HEADSHOT_API_PATH, json=body, retry_statuses={429}, retry_errors=NOT_SENT_ERRORS
+                "POST",
+                settings.HEADSHOT_API_PATH,
+                json=body,
+                retry_statuses={429},
+                retry_errors=NOT_SENT_ERRORS,
+                max_bytes=MAX_RESPONSE_BYTES,
+                max_seconds=deadline,
             )
             outputs = self._outputs(http, response, params)
+        except AnswerTooLarge:
+            raise VendorError(TOO_LARGE) from None
         finally:
             http.close()
         meta = {
@@ -131,8 +143,6 @@ class HeadshotProvider(RemoteProvider):
         status = response.status_code
         if status != 200:
             raise self._error(response)
-        if len(response.content) > MAX_RESPONSE_BYTES:
-            raise VendorError("The Headshot API sent more data than we accept. Please try fewer images.")
         images = http.json(response).get("outputImages")
         if not isinstance(images, list) or not images:
             raise VendorError(NO_OUTPUT)

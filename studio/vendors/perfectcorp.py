@@ -37,7 +37,7 @@ from studio.imaging import FaceBox
 from studio.vendors import sandbox
 from studio.vendors.base import JobInput, Output, Progress, Submission, VendorError
 from studio.vendors.budget import BudgetTimeout, CapacityWait, RequestBudget, Window
-from studio.vendors.http import VendorHttp, pause
+from studio.vendors.http import UnreadableAnswer, VendorHttp, pause
 from studio.vendors.remote import RemoteProvider
 
 log = logging.getLogger(__name__)
@@ -144,10 +144,6 @@ LOST = "Processing took too long and was cancelled. Please try again."
 BUSY = "Perfect Corp is busy right now. Please try again in a few minutes."
 
 
-class UnreadableAnswer(VendorError):
-    """A 2xx answer that is not a JSON object."""
-
-
 @dataclass
 class Prepared:
     """The inputs after pre-flight: what will be uploaded, already fixed up."""
@@ -249,22 +245,37 @@ class PerfectCorpProvider(RemoteProvider):
     def _call(
         self, method: str, path: str, *, job_key: str | None, budget: RequestBudget, poll: bool = False, **kwargs
     ) -> tuple[int, dict]:
-        """An authenticated API call: (HTTP status, parsed body). Refreshes the token once on 401."""
+        """An authenticated API call: (HTTP status, parsed body). Refreshes the token once on 401.
+
+        A 2xx answer we can't read is asked for once more: every call is safe
+        to repeat (a run carries its request_id). A poll is not repeated
+        here: `poll` decides what a garbled status answer means.
+        """
         http = self._api_http(budget, job_key, poll=poll)
         try:
-            token = None
-            for attempt in (1, 2):
-                token = self._token(budget, rejected=token)
-                response = http.request(method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
-                if response.status_code != 401:
-                    break
-                log.warning("Perfect Corp answered 401 to %s (attempt %s)", path, attempt)
-            else:
-                log.error("Perfect Corp refused a fresh access token; check PERFECTCORP_CLIENT_ID/SECRET")
-                raise VendorError(UNAVAILABLE, permanent=True)
-            if response.status_code < 400:
-                budget.succeeded()
-            return response.status_code, self._parse(http, response)
+            for garbled in (0, 1):
+                token = None
+                for attempt in (1, 2):
+                    token = self._token(budget, rejected=token)
+                    response = http.request(method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+                    if response.status_code != 401:
+                        break
+                    log.warning("Perfect Corp answered 401 to %s (attempt %s)", path, attempt)
+                else:
+                    log.error("Perfect Corp refused a fresh access token; check PERFECTCORP_CLIENT_ID/SECRET")
+                    raise VendorError(UNAVAILABLE, permanent=True)
+                if response.status_code < 400:
+                    budget.succeeded()
+                try:
+                    return response.status_code, self._parse(http, response)
+                except UnreadableAnswer:
+                    if poll or garbled:
+                        raise
+                    log.warning("Perfect Corp sent an answer we couldn't read to %s; asking once more", path)
+                    if job_key is not None:
+                        budget.extend(job_key, 1)
+                    http.backoff(1)
+            raise AssertionError("unreachable")
         finally:
             http.close()
 
@@ -277,10 +288,7 @@ class PerfectCorpProvider(RemoteProvider):
             except ValueError:
                 return {}
             return data if isinstance(data, dict) else {}
-        try:
-            return http.json(response)
-        except VendorError as exc:
-            raise UnreadableAnswer(exc.message, permanent=False) from None
+        return http.json(response)  # UnreadableAnswer when it is not a JSON object
 
     @staticmethod
     def _result(body: dict) -> dict:
@@ -345,17 +353,25 @@ class PerfectCorpProvider(RemoteProvider):
             client_id, secret = self.credentials()
             http = self._api_http(budget, None, urgent=True)
             try:
-                response = http.request(
-                    "POST",
-                    "/s2s/v1.0/client/auth",
-                    json={"client_id": client_id, "id_token": self.id_token(client_id, secret)},
-                )
-                if response.status_code in (400, 401, 403):
-                    log.error("Perfect Corp refused our credentials (HTTP %s)", response.status_code)
-                    raise VendorError(UNAVAILABLE, permanent=True)
-                if response.status_code >= 300:
-                    raise VendorError(UNAVAILABLE, permanent=False)
-                token = self._result(http.json(response)).get("access_token")
+                for garbled in (0, 1):
+                    response = http.request(
+                        "POST",
+                        "/s2s/v1.0/client/auth",
+                        json={"client_id": client_id, "id_token": self.id_token(client_id, secret)},
+                    )
+                    if response.status_code in (400, 401, 403):
+                        log.error("Perfect Corp refused our credentials (HTTP %s)", response.status_code)
+                        raise VendorError(UNAVAILABLE, permanent=True)
+                    if response.status_code >= 300:
+                        raise VendorError(UNAVAILABLE, permanent=False)
+                    try:
+                        token = self._result(http.json(response)).get("access_token")
+                        break
+                    except UnreadableAnswer:  # asking for a token again is harmless
+                        if garbled:
+                            raise
+                        log.warning("Perfect Corp sent an auth answer we couldn't read; asking once more")
+                        http.backoff(1)
             finally:
                 http.close()
             if not isinstance(token, str) or not token:

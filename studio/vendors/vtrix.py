@@ -24,7 +24,7 @@ from PIL import Image
 
 from studio import signed_media
 from studio.vendors.base import JobInput, Output, Progress, Submission, VendorError
-from studio.vendors.http import NOT_SENT_ERRORS, VendorHttp
+from studio.vendors.http import NOT_SENT_ERRORS, UnreadableAnswer, VendorHttp
 from studio.vendors.remote import RemoteProvider
 from studio.vendors.seeds import seed_for
 
@@ -37,6 +37,13 @@ UNAVAILABLE = "Spark portrait is temporarily unavailable. Please try again later
 SETTINGS_REJECTED = "These settings weren't accepted. Please adjust them and try again."
 VENDOR_FAILED = "Processing failed on Vtrix's side. Please try again."
 TIMED_OUT = "Vtrix took too long to finish this job. Please try again later."
+LOST = "We lost track of this job at Vtrix. Please run it again."
+UNREADABLE = "Vtrix sent an answer we couldn't read. Please try again."
+# A status answer we couldn't read is asked again (a query is safe to repeat), this often per job.
+GARBLED_POLLS = 2
+# Output files: caps on size and on the time to fetch each one (module constants so tests can lower them).
+DOWNLOAD_MAX_BYTES = 40 * 1024 * 1024
+DOWNLOAD_MAX_SECONDS = 60.0
 # The page's task error codes (§3.4) → what the user should do.
 ERROR_CODES = {
     "003010001": "Please upload a photo first.",
@@ -93,7 +100,10 @@ class VtrixProvider(RemoteProvider):
         http = self.http()
         try:
             response = http.request("GET", settings.VTRIX_TASK_PATH.format(id=task_id), headers=self.bearer_headers())
-            task = self._task(http, response)
+            try:
+                task = self._task(http, response)
+            except UnreadableAnswer:
+                return self._garbled(job)
             status = str(task.get("status") or "").lower()
             if status == "failed":
                 return self._failed(http, job, task)
@@ -107,6 +117,15 @@ class VtrixProvider(RemoteProvider):
             return self._completed(http, job, task)
         finally:
             http.close()
+
+    def _garbled(self, job: JobInput) -> Progress:
+        """One more query after an answer we couldn't read; the job fails after GARBLED_POLLS of them."""
+        bad = int(job.state.get("bad_answers", 0)) + 1
+        if bad > GARBLED_POLLS:
+            raise VendorError(UNREADABLE, permanent=False)
+        log.warning("Vtrix sent a task answer we couldn't read (%s so far)", bad)
+        job.save_state(bad_answers=bad)
+        return Progress(finished=False, stage="Waiting for Vtrix", poll_after=settings.VTRIX_POLL_MS / 1000)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -155,14 +174,14 @@ class VtrixProvider(RemoteProvider):
             if status in (401, 402, 403):
                 raise VendorError(UNAVAILABLE)
             if status == 404:
-                raise VendorError("We lost track of this job at Vtrix. Please run it again.")
+                raise VendorError(LOST)
             if status >= 500:
                 raise VendorError("Vtrix had a problem. Please try again.", permanent=False)
             raise VendorError(f"Vtrix refused the request (error {status}). Please try again later.")
         task = http.json(response)
         task_id = task.get("id") or task.get("task_id")
         if not task_id:
-            raise VendorError("Vtrix sent an answer we couldn't read. Please try again.", permanent=False)
+            raise UnreadableAnswer(UNREADABLE, permanent=False)
         task["id"] = str(task_id)
         return task
 
@@ -207,7 +226,12 @@ class VtrixProvider(RemoteProvider):
         seed = job.state.get("seed")
         outputs = []
         for url in urls:
-            data, content_type = http.download(url, allow_private=self._trusts_private(job, url))
+            data, content_type = http.download(
+                url,
+                max_bytes=DOWNLOAD_MAX_BYTES,
+                max_seconds=DOWNLOAD_MAX_SECONDS,
+                allow_private=self._trusts_private(job, url),
+            )
             outputs.append(Output(data=data, content_type=content_type, label=job.operation.label, meta={"seed": seed}))
         usage = task.get("usage") if isinstance(task.get("usage"), dict) else {}
         cost = _number(usage.get("cost"))

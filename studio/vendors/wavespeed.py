@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 
 from studio.vendors.base import JobInput, Output, Progress, Submission, VendorError
-from studio.vendors.http import NOT_SENT_ERRORS, VendorHttp
+from studio.vendors.http import NOT_SENT_ERRORS, UnreadableAnswer, VendorHttp
 from studio.vendors.remote import RemoteProvider
 from studio.vendors.seeds import seed_for
 from studio.vendors.sending import jpeg_within
@@ -35,7 +35,13 @@ UNREADABLE_PHOTO = "WaveSpeed couldn't read your photo. Please upload it again."
 UNSAFE = "The result was withheld because it may contain inappropriate content. Try a different photo or prompt."
 FAILED = "Processing failed at WaveSpeed. Please try again with a different photo."
 TIMED_OUT = "WaveSpeed took too long to finish this job. Please try again later."
+UNREADABLE = "WaveSpeed sent an answer we couldn't read. Please try again."
 STAGES = {"created": ("Queued at WaveSpeed", 0.15), "processing": ("Generating", 0.5)}
+# A status answer we couldn't read is asked again (a poll is safe to repeat), this often per job.
+GARBLED_POLLS = 2
+# Output files: caps on size and on the time to fetch each one (module constants so tests can lower them).
+DOWNLOAD_MAX_BYTES = 40 * 1024 * 1024
+DOWNLOAD_MAX_SECONDS = 60.0
 
 
 class WaveSpeedProvider(RemoteProvider):
@@ -89,7 +95,7 @@ class WaveSpeedProvider(RemoteProvider):
             data = self._data(http, response)
             task_id = str(data.get("id") or "")
             if not task_id:
-                raise VendorError("WaveSpeed sent an answer we couldn't read. Please try again.", permanent=False)
+                raise VendorError(UNREADABLE, permanent=False)
             job.save_state(submitted_at=time.time(), seed=seed)
             progress = self._progress(http, job, data)
         finally:
@@ -104,9 +110,22 @@ class WaveSpeedProvider(RemoteProvider):
         try:
             path = settings.WAVESPEED_RESULT_PATH.format(id=task_id)
             response = http.request("GET", path, headers=self.bearer_headers())
-            return self._progress(http, job, self._data(http, response))
+            try:
+                data = self._data(http, response)
+            except UnreadableAnswer:
+                return self._garbled(job)
+            return self._progress(http, job, data)
         finally:
             http.close()
+
+    def _garbled(self, job: JobInput) -> Progress:
+        """One more poll after an answer we couldn't read; the job fails after GARBLED_POLLS of them."""
+        bad = int(job.state.get("bad_answers", 0)) + 1
+        if bad > GARBLED_POLLS:
+            raise VendorError(UNREADABLE, permanent=False)
+        log.warning("WaveSpeed sent a status answer we couldn't read (%s so far)", bad)
+        job.save_state(bad_answers=bad)
+        return Progress(finished=False, stage="Waiting for WaveSpeed", poll_after=self._poll_after(job))
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -147,7 +166,7 @@ class WaveSpeedProvider(RemoteProvider):
             raise _http_error(code, message)
         data = http.json(response).get("data")
         if not isinstance(data, dict):
-            raise VendorError("WaveSpeed sent an answer we couldn't read. Please try again.", permanent=False)
+            raise UnreadableAnswer(UNREADABLE, permanent=False)
         return data
 
     def _progress(self, http: VendorHttp, job: JobInput, data: dict) -> Progress:
@@ -182,7 +201,12 @@ class WaveSpeedProvider(RemoteProvider):
         if not isinstance(item, str) or not item:
             raise VendorError("WaveSpeed returned a result we couldn't read. Please try again.", permanent=False)
         if item.startswith(("http://", "https://")):
-            return http.download(item, allow_private=self._trusts_private(job, item))
+            return http.download(
+                item,
+                max_bytes=DOWNLOAD_MAX_BYTES,
+                max_seconds=DOWNLOAD_MAX_SECONDS,
+                allow_private=self._trusts_private(job, item),
+            )
         # base64, plain or as a data URI (the format is undocumented, §2.6)
         content_type = "image/png"
         payload = item

@@ -13,14 +13,18 @@ Fault switches (`emulator.faults[name] = value`; counted ones take an int
 "for the next N calls" or True "always"):
   rate_limited (counted)   429 {"error": "rate limit exceeded"} with Retry-After
   server_error (counted)   500 {"error": "internal error"}
-  hang (counted)           no answer until the client's read timeout
-  reset (counted)          the connection is dropped
+  hang (counted)           the request is received (maybe billed), no answer until the
+                           client's read timeout
   truncated (counted)      200 whose JSON body is cut off halfway
   empty_outputs (counted)  200 {"outputImages": []}
   fewer_outputs: int       that many images fewer than asked for
   quota_exhausted (counted) 402 {"error": "quota exhausted"}
   unsafe (counted)         400 {"error": "unsafe content detected in input image"}
   latency_per_image: float seconds of real delay per requested image
+The Emulator base adds the generic ones, in this API's `{"error": …}` shape:
+"500"/"502"/"503"/"429", "connect_timeout", "read_timeout", "reset" (the
+connection drops before the call is handled), "reset_after", "malformed_json",
+"slow_answer" (the images trickle in) and "oversized_answer".
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import httpx
 
 from studio import imaging
 from studio.vendors.emulators import pictures_portrait as pictures
-from studio.vendors.emulators.base import Emulator, NetworkFault, json_response
+from studio.vendors.emulators.base import STATUS_TEXT, Emulator, NetworkFault, json_response
 
 SANDBOX_KEY = "hs_sandbox_key"
 MAX_SEED = 2**31 - 1
@@ -52,6 +56,9 @@ class HeadshotEmulator(Emulator):
         self.input_sizes: list[tuple[int, int]] = []  # (width, height) of each accepted input image
         self.route("POST", path, self.generate)
 
+    def error_response(self, status: int) -> httpx.Response:
+        return _error(status, STATUS_TEXT[status].lower(), headers={"Retry-After": "1"} if status == 429 else None)
+
     # --- the one route -------------------------------------------------------------
 
     def generate(self, request: httpx.Request) -> httpx.Response:
@@ -65,8 +72,6 @@ class HeadshotEmulator(Emulator):
             return _error(401, "invalid api key")
         self.requests.append({k: v for k, v in body.items() if k not in ("apiKey", "inputImages")})
 
-        if self.take_fault("reset"):
-            raise NetworkFault("reset")
         if self.take_fault("hang"):
             raise NetworkFault("read_timeout")
         if self.take_fault("rate_limited"):

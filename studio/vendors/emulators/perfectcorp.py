@@ -15,7 +15,9 @@ near zero time and the benchmark in a scaled one.
 Fault and variant switches (`emulator.faults[name] = value`):
 
   counted (an int: the next N matching API calls; `fault_path` = regex to
-  restrict them to some paths):
+  restrict them to some paths); the names are those of the Emulator base, but
+  here they strike API calls only (not storage), and a faulted call is counted
+  in `fault_<name>`, not logged:
     "429", "500", "502", "503", "401"  answer that HTTP status
     "read_timeout", "connect_timeout", "reset"   fail below HTTP, before the call is handled
     "reset_after"      handle the call, then drop the connection (the answer is lost)
@@ -261,7 +263,12 @@ class PerfectCorpEmulator(Emulator):
                 with self.lock:
                     self.counters["requests"] += 1
                 return self._error(404, "Not Found", "NotFound")
-        response = super().handle(request)
+        # Not super().handle(): the generic switches above are Perfect Corp's own (API calls
+        # only, around its rate limits), and must not fire a second time.
+        with self.lock:
+            self.counters["requests"] += 1
+            self.log.append((request.method, path))
+        response = self.dispatch(request)
         if api_call and self._take("malformed_json", path):
             return httpx.Response(200, content=b"<html>Service Unavailable", headers={"Content-Type": "text/html"})
         if api_call and self._take("reset_after", path):

@@ -31,6 +31,13 @@ Fault and variant switches (`emulator.faults[name]`; counted ones take an int
   created_at: "unix" | "iso"
   output_ttl: float          output URLs answer 403 after this many seconds
   params_as_http_400: bool   bad parameter values → HTTP 400 instead of a 003010002 task
+  lost_task (counted)        the next N tasks are forgotten at their first query: it answers
+                             404 {"message": "task not found"}, as for an unknown id
+The Emulator base adds the generic ones, in the `{"message": …}` shape:
+"429"/"500"/"502"/"503", "connect_timeout", "read_timeout", "reset",
+"reset_after" (a create makes its task, its answer is lost), "malformed_json",
+"slow_answer", "oversized_answer" (`fault_path` to aim them, e.g. "/task/"),
+and on the output files "slow_download" and "oversized_download".
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from PIL import Image
 
 from studio import imaging
 from studio.vendors.emulators import pictures_portrait as pictures
-from studio.vendors.emulators.base import Emulator, NetworkFault, json_response
+from studio.vendors.emulators.base import STATUS_TEXT, Emulator, NetworkFault, json_response
 from studio.vendors.emulators.fetch import Fetcher, http_fetch
 
 SANDBOX_KEY = "vtrix_sandbox_key"
@@ -81,6 +88,7 @@ class Task:
     error_message: str = ""
     content: list[dict] = field(default_factory=list)
     completed_at: float = 0.0
+    queried: bool = False
 
 
 class VtrixEmulator(Emulator):
@@ -103,6 +111,9 @@ class VtrixEmulator(Emulator):
         self.route("GET", r"/outputs/(?P<name>[\w.-]+)", self.serve_output)
 
     # --- routes ---------------------------------------------------------------------------
+
+    def error_response(self, status: int) -> httpx.Response:
+        return _message(status, STATUS_TEXT[status].lower(), headers={"Retry-After": "1"} if status == 429 else None)
 
     def _gate(self, request: httpx.Request) -> tuple[str | None, httpx.Response | None]:
         header = request.headers.get("Authorization", "")
@@ -164,8 +175,13 @@ class VtrixEmulator(Emulator):
         if refusal:
             return refusal
         task = self.tasks.get(task_id)
+        if task is not None and not task.queried and self.take_fault("lost_task"):
+            self.counters["lost"] += 1
+            del self.tasks[task_id]
+            task = None
         if task is None:
             return _message(404, "task not found")
+        task.queried = True
         now = self.clock.now()
         if now - task.changed >= self.stage_seconds:
             if task.status == "pending":
@@ -182,7 +198,7 @@ class VtrixEmulator(Emulator):
         ttl = self.fault("output_ttl")
         if ttl is not None and self.clock.now() - entry[1] > float(ttl):
             return httpx.Response(403, text="AccessDenied: Request has expired")
-        return httpx.Response(200, content=entry[0], headers={"Content-Type": "image/jpeg"})
+        return self.file_response(entry[0], "image/jpeg")
 
     # --- task work ------------------------------------------------------------------------------
 

@@ -27,6 +27,13 @@ Fault and variant switches (`emulator.faults[name]`; counted ones take an int
   unknown_status: str         the next poll answers this status (e.g. "pending")
   base64_data_uri: bool       base64 outputs carry a data: prefix (default plain)
   output_ttl: float           output URLs answer `expired_status` (default 404) after this many seconds
+  lost_task (counted)         the next N tasks are forgotten at their first poll: it answers
+                              404 "prediction not found", as for an id WaveSpeed never knew
+The Emulator base adds the generic ones, in the `{code, message}` envelope:
+"429"/"500"/"502"/"503", "connect_timeout", "read_timeout", "reset",
+"reset_after" (a submit creates its task, its answer is lost), "malformed_json",
+"slow_answer", "oversized_answer" (`fault_path` to aim them, e.g. "/predictions/"),
+and on the output files "slow_download" and "oversized_download".
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import httpx
 
 from studio import imaging
 from studio.vendors.emulators import pictures_portrait as pictures
-from studio.vendors.emulators.base import Emulator, NetworkFault, json_response
+from studio.vendors.emulators.base import STATUS_TEXT, Emulator, NetworkFault, json_response
 from studio.vendors.emulators.fetch import Fetcher, http_fetch
 
 SANDBOX_KEY = "ws_sandbox_key"
@@ -65,6 +72,7 @@ class Task:
     nsfw: list[bool] = field(default_factory=list)
     error: str = ""
     inference_ms: int = 0
+    polled: bool = False
 
 
 class WaveSpeedEmulator(Emulator):
@@ -106,6 +114,9 @@ class WaveSpeedEmulator(Emulator):
         if key not in self.api_keys or self.fault("inactive_key"):
             return None
         return key
+
+    def error_response(self, status: int) -> httpx.Response:
+        return _envelope_error(status, STATUS_TEXT[status], headers={"Retry-After": "1"} if status == 429 else None)
 
     def _api_fault(self) -> httpx.Response | None:
         if self.take_fault("rate_limited"):
@@ -210,8 +221,13 @@ class WaveSpeedEmulator(Emulator):
         if self.take_fault("poll_error"):
             return _envelope_error(502, "Bad Gateway")
         task = self.tasks.get(task_id)
+        if task is not None and not task.polled and self.take_fault("lost_task"):
+            self.counters["lost"] += 1
+            del self.tasks[task_id]
+            task = None
         if task is None:
             return _envelope_error(404, "prediction not found")
+        task.polled = True
         odd = self.fault("unknown_status")
         if odd:
             self.faults.pop("unknown_status", None)
@@ -227,7 +243,7 @@ class WaveSpeedEmulator(Emulator):
         ttl = self.fault("output_ttl")
         if ttl is not None and self.clock.now() - created > float(ttl):
             return httpx.Response(int(self.fault("expired_status", 404)), text="link expired")
-        return httpx.Response(200, content=data, headers={"Content-Type": content_type})
+        return self.file_response(data, content_type)
 
     # --- the task lifecycle ------------------------------------------------------------------
 
