@@ -50,8 +50,14 @@ def adopt_visitor_work(sender, request, user, **kwargs):
 @receiver(post_spawn)
 def start_job_recovery(sender, proc_name=None, **kwargs):
     """Each new django-q2 worker process checks for stranded jobs soon, then regularly (studio.recovery)."""
+    from django_q.conf import Conf
+
     from studio import recovery
 
+    # In sync mode (Q_SYNC, tests) django-q2 runs each task inline in the calling
+    # process and sends post_spawn there too: that is a web process, not a worker.
+    if Conf.SYNC:
+        return
     recovery.start_ticker()
 
 

@@ -28,6 +28,7 @@ from studio.operations import OPERATIONS
 from studio.vendors import sandbox
 from tests import images
 from tests.conftest import upload
+from tests.media import settings_from_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 HX = {"HX-Request": "true"}
@@ -70,7 +71,8 @@ def running_job(photo: Photo, **fields) -> Job:
     return Job.objects.create(
         owner_user=photo.owner_user, owner_visitor=photo.owner_visitor, photo=photo,
         operation="studio_retouch", provider="local", params={"strength": 0.5},
-        status=Job.Status.RUNNING, stage="Smoothing skin", progress=0.3, started_at=timezone.now(), **fields,
+        status=Job.Status.RUNNING, stage="Smoothing skin", progress=0.3, started_at=timezone.now(),
+        heartbeat_at=timezone.now(), **fields,
     )
 
 
@@ -143,8 +145,8 @@ def test_the_estimate_is_kept_by_the_card_across_polls(poller):
     job = Job.objects.create(owner_user=photo.owner_user, owner_visitor=photo.owner_visitor, photo=photo,
                              operation="studio_retouch", provider="local", params={"strength": 0.5})
     card = poller.get(f"/jobs/{job.pk}/").content.decode()
-    eta = f'<p class="job-eta" id="job-{job.pk}-eta" hx-preserve="true" data-testid="job-eta">Usually takes about 4 s</p>'
-    assert eta in card
+    eta = 'hx-preserve="true" data-testid="job-eta">Usually takes about 4 s</p>'
+    assert f'<p class="job-eta" id="job-{job.pk}-eta" {eta}' in card
     Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING, stage="Smoothing skin", started_at=now)
     polled = poller.get(poll_url(card), headers=HX).content.decode()
     assert f'<p class="job-eta" id="job-{job.pk}-eta" hx-preserve="true"></p>' in polled
@@ -183,6 +185,25 @@ def test_a_session_from_before_a_password_change_no_longer_polls(portrait_jpeg):
     assert fresh.get(url, headers=HX).status_code == 404
 
 
+def test_sessions_are_read_through_a_cache_all_processes_share(monkeypatch, tmp_path):
+    """The poll's session read stays off the database: what makes the budget above hold."""
+    embedded = settings_from_env(monkeypatch, tmp_path)
+    assert embedded["SESSION_ENGINE"] == "django.contrib.sessions.backends.cached_db"
+    files = embedded["CACHES"][embedded["SESSION_CACHE_ALIAS"]]
+    assert files["BACKEND"] == "django.core.cache.backends.filebased.FileBasedCache"
+    assert files["LOCATION"].startswith(str(tmp_path))  # the data directory: one machine, like SQLite
+    redis = settings_from_env(monkeypatch, tmp_path, REDIS_URL="redis://cache.internal:6379/3",
+                              DATABASE_URL="postgres://studio@db.internal/studio")
+    assert redis["SESSION_ENGINE"] == "django.contrib.sessions.backends.cached_db"
+    assert redis.get("SESSION_CACHE_ALIAS", "default") == "default"  # Redis, shared by every machine
+    # PostgreSQL without Redis: web processes may be on several machines, so no local file cache.
+    postgres = settings_from_env(monkeypatch, tmp_path, DATABASE_URL="postgres://studio@db.internal/studio")
+    assert postgres.get("SESSION_ENGINE", "django.contrib.sessions.backends.db") == (
+        "django.contrib.sessions.backends.db"
+    )
+    assert embedded["DATABASES"]["default"]["CONN_MAX_AGE"] == 60
+
+
 # --- The gallery ------------------------------------------------------------------------
 
 
@@ -191,7 +212,7 @@ def _stored_image(name: str, scale_to: int) -> ContentFile:
     return ContentFile(images.to_bytes(img, "JPEG", quality=85), name=name)
 
 
-def _make_jobs(client: Client, count: int, start: int, templates: list[StyleTemplate]) -> None:
+def _make_jobs(count: int, start: int, templates: list[StyleTemplate]) -> None:
     """`count` jobs of every kind: each provider, style picks, templates, batches, 1–4 results, every status."""
     photo = Photo.objects.get()
     owner = {"owner_user": photo.owner_user, "owner_visitor": photo.owner_visitor}
@@ -235,7 +256,7 @@ def test_gallery_query_count_is_the_same_for_1_5_and_30_jobs(poller, settings):
     counts = {}
     made = 0
     for size in (1, 5, 30):
-        _make_jobs(poller, size - made, made, templates)
+        _make_jobs(size - made, made, templates)
         made = size
         selectors.typical_cache_clear()  # each page pays the same estimate refresh, if any
         response, sql = get(poller, "/gallery/")

@@ -273,3 +273,16 @@ def test_recovery_is_also_scheduled_every_minute():
     schedule = Schedule.objects.get(name="recover-jobs")
     assert schedule.func == "studio.tasks.recover_jobs"
     assert schedule.schedule_type == Schedule.MINUTES and schedule.minutes == 1 and schedule.repeats == -1
+
+
+def test_sync_mode_starts_no_recovery_thread_in_the_calling_process(monkeypatch):
+    """django-q2 sends post_spawn inline in sync mode (a web process, a test): no ticker there."""
+    from django_q.conf import Conf
+    from django_q.signals import post_spawn
+
+    from studio import recovery
+
+    monkeypatch.setattr(Conf, "SYNC", True)
+    monkeypatch.setattr(recovery, "_ticker", None)
+    post_spawn.send(sender="django_q", proc_name="inline")
+    assert recovery._ticker is None

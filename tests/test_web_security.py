@@ -13,6 +13,7 @@ from django.test import Client
 from django.urls import reverse
 
 from studio import services
+from studio.media import storage_origin
 from studio.models import Job, Photo
 from studio.security import content_security_policy
 from tests.conftest import upload
@@ -97,6 +98,11 @@ def test_the_policy_allows_no_inline_code_and_no_other_origin():
     assert directives["default-src"] == "'self'"
     assert directives["script-src"] == "'self'" and directives["style-src"] == "'self'"
     assert directives["object-src"] == "'none'" and directives["frame-ancestors"] == "'none'"
+    # The one origin allowed on S3 (./scripts/test-scaled): the bucket, for images only.
+    media = storage_origin()
+    if media:
+        assert media in directives["img-src"].split()
+        policy = policy.replace(f" {media}", "")
     assert "unsafe" not in policy and "*" not in policy and "http" not in policy
 
 

@@ -30,7 +30,7 @@ class Command(BaseCommand):
         web = [
             python, "-m", "gunicorn", "portraitstudio.wsgi:application",
             "--bind", f"{host}:{port}", "--workers", str(web_workers), "--threads", "4",
-            "--timeout", "60", "--access-logfile", "-", "--log-level", "warning",
+            "--timeout", "60", "--keep-alive", "5", "--access-logfile", "-", "--log-level", "warning",
         ]
         worker = [python, "manage.py", "qcluster"]
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
