@@ -67,6 +67,7 @@ def healthz(request):
             log.exception("health check %s failed", name)
             results[name] = "failed"
     healthy = all(outcome == "ok" for outcome in results.values())
-    response = JsonResponse({"status": "ok" if healthy else "failed", "checks": results}, status=200 if healthy else 503)
+    body = {"status": "ok" if healthy else "failed", "checks": results}
+    response = JsonResponse(body, status=200 if healthy else 503)
     response["Cache-Control"] = "no-store"
     return response

@@ -1,14 +1,15 @@
 """Abuse limits: uploads and jobs per hour, concurrent jobs per owner.
 
-Hourly counts live in Django's cache (the shared database cache, so every
-web process sees the same numbers) in fixed one-hour windows, per owner and,
-more generously, per client address: several people can share one address,
-and one person can clear cookies to become a new visitor. Concurrent jobs are
-counted from the job table itself, which is the truth and needs no expiry.
+Hourly counts live in Django's cache (the database, or Redis with
+REDIS_URL: shared, so every web process sees the same numbers) in fixed
+one-hour windows, per owner and, more generously, per client address:
+several people can share one address, and one person can clear cookies to
+become a new visitor. Concurrent jobs are counted from the job table itself,
+which is the truth and needs no expiry.
 
 A refused attempt still counts, so retrying in a loop does not help. The
-cache's increment is not atomic on every backend; a burst may slip a request
-or two past a limit, which is fine for a limit meant to stop abuse.
+database cache's increment is not atomic (Redis's is); a burst may slip a
+request or two past a limit, which is fine for a limit meant to stop abuse.
 """
 
 from __future__ import annotations

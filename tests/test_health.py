@@ -8,8 +8,6 @@ import socket
 import pytest
 from django.test import Client
 
-from tests.media import moto_endpoint, s3_media  # noqa: F401  (fixtures)
-
 pytestmark = pytest.mark.django_db
 
 

@@ -8,6 +8,7 @@ refusal leaves nothing behind, neither a row nor a file.
 
 from __future__ import annotations
 
+import contextlib
 import io
 
 import numpy as np
@@ -34,10 +35,8 @@ def media_files() -> list[str]:
         for name in dirs:
             walk(f"{path}/{name}".lstrip("/"))
 
-    try:
+    with contextlib.suppress(FileNotFoundError):  # nothing stored yet (an empty S3 prefix lists nothing)
         walk("")
-    except FileNotFoundError:  # nothing stored yet (on S3 an empty prefix simply lists nothing)
-        pass
     return found
 
 

@@ -6,6 +6,7 @@ from what a provider was handed) and looks for the metadata we planted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import threading
@@ -82,10 +83,8 @@ def media_files() -> set[str]:
         for name in dirs:
             walk(f"{path}/{name}".lstrip("/"))
 
-    try:
+    with contextlib.suppress(FileNotFoundError):  # nothing stored yet (an empty S3 prefix lists nothing)
         walk("")
-    except FileNotFoundError:  # nothing stored yet (on S3 an empty prefix simply lists nothing)
-        pass
     return found
 
 

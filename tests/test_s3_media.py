@@ -17,7 +17,7 @@ from PIL import Image
 
 from studio.models import Job, Photo, ShareLink
 from tests.conftest import upload
-from tests.media import fetch, moto_endpoint, s3_media  # noqa: F401  (fixtures)
+from tests.media import fetch
 
 pytestmark = pytest.mark.django_db
 

@@ -5,10 +5,11 @@ minutes per client IP (vendor-apis.md §1.9.2), counting every call, status
 polls included, and a task that is not polled for 10 s is lost. So all web
 and worker processes behind one IP must draw from one budget, and a new job
 may start only when the budget can also carry the polls of the jobs already
-running. This module keeps that budget in Django's cache (a DatabaseCache
-now, Redis later): a log of recent request times plus the requests each
-admitted job has reserved, updated under a short mutex built on
-`cache.add` — the one operation both backends perform atomically.
+running. This module keeps that budget in Django's cache (the database
+cache by default, Redis with REDIS_URL, so every machine shares it): a log
+of recent request times plus the requests each admitted job has reserved,
+updated under a short mutex built on `cache.add` — the one operation both
+backends perform atomically (an INSERT that may fail; SET NX on Redis).
 
 Priorities, from most to least protected:
   - a job's own reserved requests (admission made room for them);
