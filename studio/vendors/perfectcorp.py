@@ -700,11 +700,9 @@ class PerfectCorpProvider(RemoteProvider):
             )
         except UnreadableAnswer:
             # One garbled status answer does not end the job: the task is still there.
-            bad = int(job.state.get("bad_answers", 0)) + 1
-            if bad > 2:
+            if not self.garbled_poll_allowed(job, last_poll=time.time()):
                 budget.release(job.job_id)
                 raise
-            job.save_state(bad_answers=bad, last_poll=time.time())
             return Progress(False, PROCESSING, None, poll_after=min(1.0, self._max_gap()))
         except VendorError:
             budget.release(job.job_id)

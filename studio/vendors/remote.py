@@ -8,6 +8,7 @@ emulator when sandbox mode or a test routes it there.
 
 from __future__ import annotations
 
+import logging
 from importlib import import_module
 from typing import Any
 
@@ -16,6 +17,11 @@ from django.conf import settings
 from studio.vendors import sandbox
 from studio.vendors.base import Provider
 from studio.vendors.http import VendorHttp
+
+log = logging.getLogger(__name__)
+
+# A status answer we couldn't read is asked again (a poll is safe to repeat), this often per job.
+GARBLED_POLLS = 2
 
 
 class RemoteProvider(Provider):
@@ -59,6 +65,18 @@ class RemoteProvider(Provider):
             return VendorHttp(vendor=self.label, base_url=getattr(settings, self.base_url_setting), **options)
         base_url, transport = route
         return VendorHttp(vendor=self.label, base_url=base_url, transport=transport, **options)
+
+    def garbled_poll_allowed(self, job, **state: Any) -> bool:
+        """Count a status answer we couldn't read; True while one more poll is allowed.
+
+        The count lives in the job's saved state, so a resumed job keeps it.
+        """
+        bad = int(job.state.get("bad_answers", 0)) + 1
+        if bad > GARBLED_POLLS:
+            return False
+        log.warning("%s sent a status answer we couldn't read (%s so far)", self.label, bad)
+        job.save_state(bad_answers=bad, **state)
+        return True
 
     def status(self) -> dict[str, Any]:
         return {

@@ -39,8 +39,6 @@ VENDOR_FAILED = "Processing failed on Vtrix's side. Please try again."
 TIMED_OUT = "Vtrix took too long to finish this job. Please try again later."
 LOST = "We lost track of this job at Vtrix. Please run it again."
 UNREADABLE = "Vtrix sent an answer we couldn't read. Please try again."
-# A status answer we couldn't read is asked again (a query is safe to repeat), this often per job.
-GARBLED_POLLS = 2
 # Output files: caps on size and on the time to fetch each one (module constants so tests can lower them).
 DOWNLOAD_MAX_BYTES = 40 * 1024 * 1024
 DOWNLOAD_MAX_SECONDS = 60.0
@@ -119,12 +117,9 @@ class VtrixProvider(RemoteProvider):
             http.close()
 
     def _garbled(self, job: JobInput) -> Progress:
-        """One more query after an answer we couldn't read; the job fails after GARBLED_POLLS of them."""
-        bad = int(job.state.get("bad_answers", 0)) + 1
-        if bad > GARBLED_POLLS:
+        """One more query after an answer we couldn't read, a few times per job."""
+        if not self.garbled_poll_allowed(job):
             raise VendorError(UNREADABLE, permanent=False)
-        log.warning("Vtrix sent a task answer we couldn't read (%s so far)", bad)
-        job.save_state(bad_answers=bad)
         return Progress(finished=False, stage="Waiting for Vtrix", poll_after=settings.VTRIX_POLL_MS / 1000)
 
     # --- requests ---------------------------------------------------------------------------

@@ -37,8 +37,6 @@ FAILED = "Processing failed at WaveSpeed. Please try again with a different phot
 TIMED_OUT = "WaveSpeed took too long to finish this job. Please try again later."
 UNREADABLE = "WaveSpeed sent an answer we couldn't read. Please try again."
 STAGES = {"created": ("Queued at WaveSpeed", 0.15), "processing": ("Generating", 0.5)}
-# A status answer we couldn't read is asked again (a poll is safe to repeat), this often per job.
-GARBLED_POLLS = 2
 # Output files: caps on size and on the time to fetch each one (module constants so tests can lower them).
 DOWNLOAD_MAX_BYTES = 40 * 1024 * 1024
 DOWNLOAD_MAX_SECONDS = 60.0
@@ -119,12 +117,9 @@ class WaveSpeedProvider(RemoteProvider):
             http.close()
 
     def _garbled(self, job: JobInput) -> Progress:
-        """One more poll after an answer we couldn't read; the job fails after GARBLED_POLLS of them."""
-        bad = int(job.state.get("bad_answers", 0)) + 1
-        if bad > GARBLED_POLLS:
+        """One more poll after an answer we couldn't read, a few times per job."""
+        if not self.garbled_poll_allowed(job):
             raise VendorError(UNREADABLE, permanent=False)
-        log.warning("WaveSpeed sent a status answer we couldn't read (%s so far)", bad)
-        job.save_state(bad_answers=bad)
         return Progress(finished=False, stage="Waiting for WaveSpeed", poll_after=self._poll_after(job))
 
     # --- helpers -----------------------------------------------------------------------------
