@@ -96,6 +96,8 @@ class Job(OwnedModel):
     vendor_task_id = models.CharField(max_length=200, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     cost = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
+    # Vendor credit units the job used (Perfect Corp charges units, not money), when known.
+    units = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
     # What the vendor reported (inference time, usage, …), secrets never included.
     vendor_meta = models.JSONField(default=dict, blank=True)
     # The provider's own resume state (e.g. an uploaded file id), saved before each vendor call.
@@ -362,3 +364,36 @@ class Style(models.Model):
     @property
     def offered(self) -> bool:
         return self.available and not self.hidden and self.group.available and not self.group.hidden
+
+
+# --- Asking vendors to delete their copies (studio.vendor_deletion) -------------------
+
+
+class VendorDeletion(models.Model):
+    """One job's copies at a vendor that we asked (or will ask again) to be deleted.
+
+    Written in the same transaction that deletes our rows, so a request is never
+    lost; the snapshot holds what the provider needs once the job row is gone,
+    and is emptied when the deletion is done.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DONE = "done", "Deleted"
+        FAILED = "failed", "Gave up"
+
+    provider = models.CharField(max_length=30)
+    job_ref = models.CharField(max_length=40, help_text="The deleted job's id.")
+    snapshot = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="vendordeletion_due")]
+
+    def __str__(self):
+        return f"{self.provider} copies of job {self.job_ref}: {self.get_status_display()}"

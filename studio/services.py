@@ -23,7 +23,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
-from studio import imaging
+from studio import imaging, vendor_deletion
 from studio.errors import UserFacingError
 from studio.models import Job, Photo, Result, ShareLink, StyleTemplate
 from studio.operations import Operation
@@ -429,6 +429,8 @@ def _record_vendor_report(job: Job, progress: Progress) -> None:
     values: dict[str, Any] = {}
     if progress.cost is not None:
         values["cost"] = progress.cost
+    if progress.units is not None:
+        values["units"] = progress.units
     if progress.meta:
         values["vendor_meta"] = {**job.vendor_meta, **progress.meta}
     if values:
@@ -466,10 +468,13 @@ def jobs_sweep_stale() -> int:
 
 
 def result_delete(*, result: Result) -> None:
+    """Delete a result here, and ask its vendor to delete the job's copies there."""
     job = result.job
-    result.delete()
-    if not job.results.exists():
-        job.delete()
+    with transaction.atomic():
+        vendor_deletion.deletions_request([job])
+        result.delete()
+        if not job.results.exists():
+            job.delete()
 
 
 def share_enable(*, result: Result, show_before: bool = False, expires_at=None) -> ShareLink:
@@ -504,81 +509,6 @@ def owner_adopt_visitor_work(*, user, visitor_id: str) -> int:
 # --- Privacy: retention and deleting everything ----------------------------------
 
 
-def _job_snapshot(job: Job) -> dict[str, Any]:
-    """What a provider needs to delete its copies of a job, after our rows are gone."""
-    return {
-        "id": str(job.pk),
-        "provider": job.provider,
-        "operation": job.operation,
-        "sandbox": job.sandbox,
-        "vendor_task_id": job.vendor_task_id,
-        "vendor_state": job.vendor_state,
-        "vendor_meta": job.vendor_meta,
-        "request_id": job.request_id,
-    }
-
-
-def _enqueue_remote_deletion(jobs) -> None:
-    """Ask vendors (in the background) to delete their copies of these jobs' files.
-
-    Vendor calls never run inside a web request or a database transaction;
-    the task gets snapshots, because the rows may be gone when it runs.
-    """
-    snapshots = [
-        _job_snapshot(job)
-        for job in jobs
-        if _remote_provider(job.provider) and (job.vendor_task_id or job.vendor_state)
-    ]
-    if not snapshots:
-        return
-
-    def enqueue():
-        from django_q.tasks import async_task
-
-        async_task("studio.tasks.delete_remote_copies", snapshots, task_name="delete-remote-copies", group="privacy")
-
-    transaction.on_commit(enqueue)
-
-
-def _remote_provider(key: str):
-    """The provider behind a job if the photo went off this server, else None."""
-    from studio.vendors.base import PROVIDERS
-
-    if key not in PROVIDERS:
-        return None  # no longer configured: nothing we could call
-    provider = get_provider(key)
-    return None if provider.runs_locally else provider
-
-
-def remote_copies_delete(snapshots: list[dict[str, Any]]) -> int:
-    """Call each provider's delete_remote for job snapshots; returns how many failed.
-
-    A vendor that is down does not stop the others; the failure is logged
-    without the vendor's answer (it could echo credentials).
-    """
-    failed = 0
-    for snap in snapshots:
-        job = Job(
-            pk=snap["id"],
-            provider=snap["provider"],
-            operation=snap["operation"],
-            sandbox=snap.get("sandbox", False),
-            vendor_task_id=snap.get("vendor_task_id", ""),
-            vendor_state=snap.get("vendor_state") or {},
-            vendor_meta=snap.get("vendor_meta") or {},
-            request_id=snap.get("request_id", ""),
-        )
-        provider = _remote_provider(job.provider)
-        if provider is None:
-            continue
-        try:
-            provider.delete_remote(job)
-        except Exception as exc:  # noqa: BLE001 - one vendor must not block the rest
-            failed += 1
-            log.warning("deleting %s's copies of job %s failed: %s", job.provider, job.pk, type(exc).__name__)
-    return failed
-
-
 def _drop_vendor_copies(jobs) -> None:
     """Delete the local files made only to send to a vendor (masks) of these jobs."""
     for job in jobs:
@@ -605,7 +535,7 @@ def photos_purge_expired(*, now=None, batch: int = 200) -> int:
                 continue
             jobs = list(Job.objects.filter(Q(photo=photo) | Q(reference_photo=photo)))
             _drop_vendor_copies(jobs)
-            _enqueue_remote_deletion(jobs)
+            vendor_deletion.deletions_request(jobs)
             photo.delete()  # files go after commit (signals.py)
             purged += 1
     if purged:
@@ -628,7 +558,7 @@ def owner_delete_everything(*, owner: Owner) -> dict[str, int]:
             "results": results.count(),
             "shares": ShareLink.objects.filter(result__in=results).count(),
         }
-        _enqueue_remote_deletion(jobs)
+        vendor_deletion.deletions_request(jobs)
         # Rows one by one through the ORM, so every file is deleted by its post_delete handler.
         ShareLink.objects.filter(result__in=results).delete()
         results.delete()

@@ -98,6 +98,21 @@ def ensure_schedules(sender, app_config=None, **kwargs):
             "repeats": -1,
         },
     )
+    # Vendor deletions not yet done (a vendor was down, a task still running) are tried again.
+    Schedule.objects.update_or_create(
+        name="vendor-deletions",
+        defaults={
+            "func": "studio.tasks.process_vendor_deletions",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": 1,
+            "repeats": -1,
+        },
+    )
+    # Vendor prices shown before submit (studio.costs); the first run is at the first worker start.
+    Schedule.objects.update_or_create(
+        name="refresh-unit-costs",
+        defaults={"func": "studio.tasks.refresh_unit_costs", "schedule_type": Schedule.DAILY, "repeats": -1},
+    )
     # Vendor style catalogues change rarely; once a day keeps the vendor's rate limit free (studio.styles).
     Schedule.objects.update_or_create(
         name="sync-styles",

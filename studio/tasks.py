@@ -44,8 +44,11 @@ def purge_expired_photos() -> int:
     return services.photos_purge_expired()
 
 
-def delete_remote_copies(snapshots: list) -> int:
-    return services.remote_copies_delete(snapshots)
+def process_vendor_deletions() -> dict:
+    """Ask vendors to delete their copies of deleted work (studio.vendor_deletion)."""
+    from studio import vendor_deletion
+
+    return vendor_deletion.deletions_process()
 
 
 def sync_styles() -> str:
@@ -53,3 +56,10 @@ def sync_styles() -> str:
     from studio import styles
 
     return styles.sync_summary(styles.styles_sync())
+
+
+def refresh_unit_costs() -> dict:
+    """Daily: the vendors' published unit costs, kept for the studio page (studio.costs)."""
+    from studio import costs
+
+    return costs.unit_costs_refresh()

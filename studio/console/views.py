@@ -90,12 +90,13 @@ def _aggregates(jobs) -> dict:
         succeeded=succeeded,
         failed=failed,
         cost=Sum("cost"),
+        units=Sum("units"),
         avg_duration=Avg(DURATION, filter=finished),
     )
     per_day = list(
         jobs.annotate(day=TruncDate("created_at"))
         .values("day")
-        .annotate(jobs=Count("id"), succeeded=succeeded, failed=failed, cost=Sum("cost"))
+        .annotate(jobs=Count("id"), succeeded=succeeded, failed=failed, cost=Sum("cost"), units=Sum("units"))
         .order_by("-day")
     )
     per_provider = list(
@@ -105,6 +106,7 @@ def _aggregates(jobs) -> dict:
             succeeded=succeeded,
             failed=failed,
             cost=Sum("cost"),
+            units=Sum("units"),
             avg_duration=Avg(DURATION, filter=finished),
         )
         .order_by("provider")
@@ -202,6 +204,9 @@ def provider_rows() -> list[dict]:
         .values("provider")
         .annotate(jobs=Count("id"), failed=Count("id", filter=Q(status=Job.Status.FAILED)))
     }
+    from studio.vendor_deletion import deletions_summary
+
+    deletions = deletions_summary()
     rows = []
     for key in PROVIDERS:
         row = {"key": key, "label": key, "status": {}, "load_error": "", "runs_locally": False}
@@ -231,6 +236,7 @@ def provider_rows() -> list[dict]:
         if row["last_failure"]:
             row["last_failure"]["error_message"] = redact(row["last_failure"]["error_message"])
         row["recent"] = recent.get(key, {"jobs": 0, "failed": 0})
+        row["deletions"] = deletions.get(key)
         rows.append(row)
     return rows
 

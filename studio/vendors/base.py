@@ -46,6 +46,7 @@ class Progress:
     poll_after: float = 1.0  # seconds until the next poll is useful
     outputs: tuple[Output, ...] = ()
     cost: float | None = None  # what the vendor says the job cost, when it says
+    units: float | None = None  # vendor credit units the job used (Perfect Corp), when known
     meta: dict[str, Any] = field(default_factory=dict)  # stored on Job.vendor_meta (no secrets)
 
 
