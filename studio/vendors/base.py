@@ -98,6 +98,8 @@ class Provider(ABC):
     runs_locally: bool = False
     # Shown before submit: where the photo goes and how long it is kept there.
     data_notice: str = ""
+    # Shown on the privacy page: whether we can have the vendor delete its copies, and how.
+    deletion_notice: str = ""
 
     def unavailable_reason(self) -> str | None:
         """Why this provider cannot run now (e.g. missing keys), or None."""

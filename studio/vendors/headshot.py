@@ -52,6 +52,9 @@ class HeadshotProvider(RemoteProvider):
         "The headshots come back in the same answer and are stored only here. The vendor does not "
         "document how long it keeps photos and offers no way to delete them through its API."
     )
+    deletion_notice = (
+        "The Headshot API offers no deletion, so we cannot delete its copies; it keeps nothing we can fetch later."
+    )
 
     def submit(self, job: JobInput) -> Submission:
         params = self._params(job)

@@ -79,6 +79,9 @@ class VtrixProvider(RemoteProvider):
         "within minutes and opens nothing else. Vtrix does not document how long it keeps photos or "
         "results and its API offers no deletion; we download the results at once."
     )
+    deletion_notice = (
+        "Vtrix offers no deletion through its API, so we cannot delete its copies; it does not say how long it keeps them."
+    )
 
     def submit(self, job: JobInput) -> Submission:
         _check_input(job)

@@ -53,6 +53,9 @@ class WaveSpeedProvider(RemoteProvider):
         "first uploaded to WaveSpeed's media storage. WaveSpeed does not document how long it keeps "
         "photos or results and its API offers no deletion; we download the results at once."
     )
+    deletion_notice = (
+        "WaveSpeed offers no deletion through its API, so we cannot delete its copies; it does not say how long it keeps them."
+    )
 
     # --- the three steps -----------------------------------------------------------------
 
