@@ -58,7 +58,7 @@ def verify(secret: str, *, message_id: str, timestamp: str, signature: str, body
         sent_at = int(timestamp)
     except ValueError:
         raise InvalidWebhook("malformed webhook-timestamp") from None
-    expected = sign(secret, message_id, timestamp, body)  # the header as sent.encode("ascii")
+    expected = sign(secret, message_id, timestamp, body).encode("ascii")  # the header as sent
     matched = False
     for candidate in signature.split(" ")[:10]:  # a few secrets at most (rotation)
         matched |= hmac.compare_digest(candidate.encode("utf-8", "replace"), expected)

@@ -100,7 +100,8 @@ class WaveSpeedProvider(RemoteProvider):
             progress = self._progress(http, job, data)
         finally:
             http.close()
-        return Submission(task_id=task_id, progress=progress if progress.finished else None)
+        # With a webhook registered the job waits for it first, instead of polling at once.
+        return Submission(task_id=task_id, progress=progress if progress.finished or progress.webhook else None)
 
     def poll(self, job: JobInput, task_id: str) -> Progress:
         started = job.state.get("submitted_at") or time.time()
