@@ -107,6 +107,7 @@ class WaveSpeedEmulator(Emulator):
         self.models = {portrait_path: "portrait", character_path: "character"}
         self.fetcher = fetcher or http_fetch
         self.deliverer = deliverer or http_deliver
+        self._submitted = threading.local()  # tasks the current request created with a webhook
         self.rate_per_minute = rate_per_minute
         self.concurrency = concurrency
         self.stage_seconds = stage_seconds
@@ -232,8 +233,7 @@ class WaveSpeedEmulator(Emulator):
             self._advance(task, force=True)
             self._advance(task, force=True)
         elif task.webhook:
-            threading.Thread(target=self._run_and_call_back, args=(task,), name=f"ws-webhook-{task.id}",
-                             daemon=True).start()
+            self._submitted.tasks.append(task)  # its thread starts once the answer is on its way (handle)
         return json_response(200, self._envelope(task))
 
     def get_result(self, request: httpx.Request, task_id: str) -> httpx.Response:
@@ -286,6 +286,19 @@ class WaveSpeedEmulator(Emulator):
             task.changed = now
 
     # --- webhooks --------------------------------------------------------------------------
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        """As the base, then start the webhook thread of a task this request created.
+
+        Not when the answer was lost (a network fault): such a task stays
+        `created` until polled, as it does without a webhook.
+        """
+        self._submitted.tasks = []
+        response = super().handle(request)
+        for task in self._submitted.tasks:
+            threading.Thread(target=self._run_and_call_back, args=(task,), name=f"ws-webhook-{task.id}",
+                             daemon=True).start()
+        return response
 
     def _run_and_call_back(self, task: Task) -> None:
         """Move the task on as time passes (nobody may poll it), then deliver its webhook."""
