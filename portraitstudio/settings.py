@@ -344,6 +344,17 @@ WAVESPEED_JOB_DEADLINE_S = env_int("WAVESPEED_JOB_DEADLINE_S", 300, minimum=10)
 WAVESPEED_UPLOAD_PATH = env_str("WAVESPEED_UPLOAD_PATH", "/api/v3/media/upload/binary")
 WAVESPEED_POLL_MS = env_int("WAVESPEED_POLL_MS", 1000, minimum=100)  # doubled after the first 10 s
 
+# Webhooks (docs/deploy.md, "Webhooks"): a vendor's callback wakes the job at
+# once (studio/wakeup.py); while one is registered the job still polls, this
+# seldom, so a lost webhook never leaves it stuck.
+STUDIO_WEBHOOK_BACKSTOP_SECONDS = env_int("STUDIO_WEBHOOK_BACKSTOP_SECONDS", 25, minimum=1, maximum=300)
+# Ask WaveSpeed to call /webhooks/wavespeed/<token>/ under STUDIO_PUBLIC_URL when a
+# prediction ends (not done when that address is loopback or private outside sandbox mode).
+WAVESPEED_WEBHOOKS = env_bool("WAVESPEED_WEBHOOKS", True)
+# The whsec_… secret of the endpoint registered in Perfect Corp's API console
+# for /webhooks/perfectcorp/ (Standard Webhooks signatures).
+PERFECTCORP_WEBHOOK_SECRET = env_secret("PERFECTCORP_WEBHOOK_SECRET", "")
+
 # Vtrix (vendor-apis.md §3)
 VTRIX_BASE_URL = env_url("VTRIX_BASE_URL", "https://cloud.vtrix.ai")
 VTRIX_API_KEY = env_secret("VTRIX_API_KEY", "")

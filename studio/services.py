@@ -23,7 +23,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
-from studio import imaging, vendor_deletion
+from studio import imaging, vendor_deletion, wakeup
 from studio.errors import UserFacingError
 from studio.models import Job, Photo, Result, ShareLink, StyleTemplate
 from studio.operations import Operation
@@ -416,12 +416,22 @@ def _run_claimed(job: Job) -> None:
         if time.time() > deadline:
             raise VendorError(TIMED_OUT, permanent=True)
         if progress is not None:
-            time.sleep(max(0.2, min(progress.poll_after, 10.0)))
+            wakeup.wait(job.pk, _pause_before_poll(progress, deadline))
         progress = provider.poll(job_input, job.vendor_task_id)
         job_report(job.pk, progress.stage or "Processing", progress.fraction)
     job_report(job.pk, "Saving results", 0.97)
     _record_vendor_report(job, progress)
     _store_outputs(job, provider.fetch_results(job_input, progress))
+
+
+def _pause_before_poll(progress: Progress, deadline: float) -> float:
+    """Seconds to wait before the next poll (a webhook's wake cuts it short).
+
+    What the provider asks, at most 10 s, or at most the webhook backstop
+    while a webhook is registered; never past the job's deadline.
+    """
+    cap = settings.STUDIO_WEBHOOK_BACKSTOP_SECONDS if progress.webhook else 10.0
+    return max(0.2, min(progress.poll_after, cap, deadline - time.time()))
 
 
 def _record_vendor_report(job: Job, progress: Progress) -> None:

@@ -192,7 +192,7 @@ def _sync_catalogue(provider, feature: str, report: SyncReport) -> None:
                 if url and (url != style.vendor_thumb_url or not style.thumbnail):
                     http = http or provider.http()
                     try:
-                        _store_thumbnail(style, url, http, allow_private=_allow_private(provider))
+                        _store_thumbnail(style, url, http)
                         report.thumbnails += 1
                     except (VendorError, imaging.ImageRejected) as exc:
                         report.thumbnail_errors.append(f"{style.style_id}: {exc.message}")
@@ -202,13 +202,8 @@ def _sync_catalogue(provider, feature: str, report: SyncReport) -> None:
     report.vanished = _mark_vanished(provider.key, feature, started)
 
 
-def _allow_private(provider) -> bool:
-    # The emulator (sandbox mode, tests) serves thumbnails from 127.0.0.1.
-    return bool(getattr(provider, "is_sandboxed", lambda: False)())
-
-
-def _store_thumbnail(style: Style, url: str, http, *, allow_private: bool) -> None:
-    data, _ = http.download(url, max_bytes=THUMB_MAX_BYTES, max_seconds=30, allow_private=allow_private)
+def _store_thumbnail(style: Style, url: str, http) -> None:
+    data, _ = http.download(url, max_bytes=THUMB_MAX_BYTES, max_seconds=30)
     image = imaging.load_image(data, max_long_side=THUMB_LONG_SIDE * 2, max_bytes=THUMB_MAX_BYTES)
     small = imaging.resize_long_side(image, THUMB_LONG_SIDE)
     old = style.thumbnail.name if style.thumbnail else ""

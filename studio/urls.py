@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from studio import views, views_compare
+from studio import views, views_compare, views_webhooks
 from studio import notifications
 
 from studio import signed_media  # the signed photo links for vendors (Vtrix)
@@ -36,6 +36,9 @@ urlpatterns = [
     path("styles/<int:style_id>/thumbnail", views.style_thumbnail, name="style_thumbnail"),
     # A photo for a vendor that fetches by URL (Vtrix): signed, minutes-long, nothing else.
     path("v/<str:token>/", signed_media.signed_photo, name="signed_media"),
+    # Vendors' callbacks when a task ends: they wake the job, which then polls (views_webhooks.py).
+    path("webhooks/perfectcorp/", views_webhooks.perfectcorp, name="webhook_perfectcorp"),
+    path("webhooks/wavespeed/<str:token>/", views_webhooks.wavespeed, name="webhook_wavespeed"),
     path("s/<str:token>", views.share_page, name="share"),
     path("s/<str:token>/image", views.share_image, name="share_image"),
     path("s/<str:token>/before", views.share_before_image, name="share_before"),

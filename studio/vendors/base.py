@@ -44,6 +44,9 @@ class Progress:
     stage: str = ""
     fraction: float | None = None
     poll_after: float = 1.0  # seconds until the next poll is useful
+    # A webhook will wake the job when the task ends (studio/wakeup.py), so
+    # poll_after is only a slow backstop, in case that webhook is lost.
+    webhook: bool = False
     outputs: tuple[Output, ...] = ()
     cost: float | None = None  # what the vendor says the job cost, when it says
     units: float | None = None  # vendor credit units the job used (Perfect Corp), when known

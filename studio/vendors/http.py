@@ -105,6 +105,10 @@ class VendorHttp:
     before_request: Callable[[str, str], None] | None = None
     # Called with every 429, e.g. to pause the shared budget.
     on_rate_limited: Callable[[httpx.Response], None] | None = None
+    # (host, port) pairs whose links `download` follows even on a private or
+    # loopback address: the vendor's own configured base URL, or the emulator
+    # serving it (RemoteProvider.http sets it). Every other private address is refused.
+    private_origins: frozenset[tuple[str, int]] = frozenset()
 
     def __post_init__(self):
         self._client = httpx.Client(
@@ -243,15 +247,17 @@ class VendorHttp:
         """Fetch a result file from a URL the vendor gave us; returns (bytes, content type).
 
         http(s) only; private, loopback and link-local addresses are refused
-        (also as redirect targets) unless `allow_private` (the emulator runs
-        on 127.0.0.1); the body is capped in size and in total time.
+        (also as redirect targets, each hop checked on its own) unless the
+        link is on one of `private_origins`, or `allow_private` is given
+        (tests); the body is capped in size and in total time.
         """
         started = time.monotonic()
         too_slow = VendorError(
             f"Fetching the result from {self.vendor} took too long. Please try again.", permanent=False
         )
         for _ in range(max_redirects + 1):
-            address = _check_url(url, self.vendor, allow_private=allow_private)
+            trusted = allow_private or origin_of(url) in self.private_origins
+            address = _check_url(url, self.vendor, allow_private=trusted)
             remaining = max_seconds - (time.monotonic() - started)
             if remaining <= 0:
                 raise too_slow
@@ -308,18 +314,30 @@ def _path_only(url: str) -> str:
     return urlsplit(url).path or url
 
 
+def origin_of(url: str) -> tuple[str, int] | None:
+    """(host, port) of a URL, the port filled in from the scheme; None when it has none."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return None
+    if not parts.hostname or port is None:
+        return None
+    return parts.hostname.lower(), port
+
+
 # NAT64 (RFC 6052) addresses carry an IPv4 address in their last 32 bits.
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
-def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """A globally routable unicast address, also when an IPv4 address hides inside an IPv6 one."""
     if ip.version == 6:
         embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
         if embedded is None and ip in _NAT64:
             embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is not None:
-            return _is_public(embedded)
+            return is_public_address(embedded)
     return ip.is_global and not ip.is_multicast
 
 
@@ -347,7 +365,7 @@ def _check_url(url: str, vendor: str, *, allow_private: bool) -> str | None:
         raise VendorError(describe_transport_error(httpx.ConnectError(""), vendor), permanent=False)
     for address in addresses:
         # Every address must be public: a name resolving to both is refused.
-        if not _is_public(ipaddress.ip_address(address)):
+        if not is_public_address(ipaddress.ip_address(address)):
             raise VendorError(f"{vendor} returned a result link we don't follow. Please try again.")
     return addresses[0]
 

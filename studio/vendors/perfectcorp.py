@@ -160,6 +160,7 @@ class PerfectCorpProvider(RemoteProvider):
     label = "Perfect Corp"
     required_settings = ("PERFECTCORP_CLIENT_ID", "PERFECTCORP_CLIENT_SECRET")
     base_url_setting = "PERFECTCORP_BASE_URL"
+    webhook_secret_setting = "PERFECTCORP_WEBHOOK_SECRET"
     data_notice = (
         "Your photo is sent to Perfect Corp (YouCam AI API) for processing. Perfect Corp deletes uploaded "
         "photos after one day and results after 30 days; we download the results at once and keep our own copy."
@@ -782,7 +783,6 @@ class PerfectCorpProvider(RemoteProvider):
                     item["url"],
                     max_bytes=DOWNLOAD_MAX_BYTES,
                     max_seconds=DOWNLOAD_MAX_SECONDS,
-                    allow_private=job.sandbox or self.is_sandboxed(),
                 )
                 try:
                     picture = imaging.load_image(data, max_bytes=DOWNLOAD_MAX_BYTES)

@@ -16,7 +16,7 @@ from django.conf import settings
 
 from studio.vendors import sandbox
 from studio.vendors.base import Provider
-from studio.vendors.http import VendorHttp
+from studio.vendors.http import VendorHttp, origin_of
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ class RemoteProvider(Provider):
     base_url_setting: str = ""
     # The setting holding the vendor's API key, for vendors that use one.
     api_key_setting: str = ""
+    # The setting holding the secret its webhooks are signed with, for vendors that sign them.
+    webhook_secret_setting: str = ""
 
     def missing_settings(self) -> list[str]:
         return [name for name in self.required_settings if not getattr(settings, name, "")]
@@ -51,20 +53,39 @@ class RemoteProvider(Provider):
     def api_key(self) -> str:
         """The key to send: the configured one, or the emulator's sandbox key when an
         emulator serves this vendor (a real key is never sent to an emulator)."""
+        return self._configured_or_sandbox(self.api_key_setting, "SANDBOX_KEY")
+
+    def webhook_secret(self) -> str:
+        """The secret the vendor signs webhooks with; the emulator's when it serves this vendor."""
+        return self._configured_or_sandbox(self.webhook_secret_setting, "SANDBOX_WEBHOOK_SECRET")
+
+    def _configured_or_sandbox(self, setting: str, sandbox_constant: str) -> str:
         if self.is_sandboxed():
             module_name = sandbox.EMULATORS[self.key].rpartition(".")[0]
-            return import_module(module_name).SANDBOX_KEY
-        return getattr(settings, self.api_key_setting)
+            return getattr(import_module(module_name), sandbox_constant)
+        return getattr(settings, setting, "") if setting else ""
 
     def bearer_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key()}"}
 
     def http(self, **options: Any) -> VendorHttp:
+        """A client for the vendor, or for the emulator serving it.
+
+        The one private-address rule for every adapter: a result link on a
+        private or loopback address is followed only when it is on the host
+        and port this client is aimed at (a self-hosted or staging endpoint,
+        or the emulator); any other private address is refused.
+        """
         route = sandbox.routed(self.key)
-        if route is None:
-            return VendorHttp(vendor=self.label, base_url=getattr(settings, self.base_url_setting), **options)
-        base_url, transport = route
-        return VendorHttp(vendor=self.label, base_url=base_url, transport=transport, **options)
+        base_url, transport = route if route is not None else (getattr(settings, self.base_url_setting), None)
+        origin = origin_of(base_url)
+        return VendorHttp(
+            vendor=self.label,
+            base_url=base_url,
+            transport=transport,
+            private_origins=frozenset({origin} if origin else ()),
+            **options,
+        )
 
     def garbled_poll_allowed(self, job, **state: Any) -> bool:
         """Count a status answer we couldn't read; True while one more poll is allowed.

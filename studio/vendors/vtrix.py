@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import logging
 import time
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from PIL import Image
@@ -228,7 +227,6 @@ class VtrixProvider(RemoteProvider):
                 url,
                 max_bytes=DOWNLOAD_MAX_BYTES,
                 max_seconds=DOWNLOAD_MAX_SECONDS,
-                allow_private=self._trusts_private(job, url),
             )
             outputs.append(Output(data=data, content_type=content_type, label=job.operation.label, meta={"seed": seed}))
         usage = task.get("usage") if isinstance(task.get("usage"), dict) else {}
@@ -238,10 +236,6 @@ class VtrixProvider(RemoteProvider):
             meta["vendor_metadata"] = task["metadata"]
         return Progress(finished=True, stage="Done", fraction=1.0, outputs=tuple(outputs), cost=cost, meta=meta)
 
-    def _trusts_private(self, job: JobInput, url: str) -> bool:
-        if job.sandbox or self.is_sandboxed():
-            return True
-        return urlsplit(url).hostname == urlsplit(settings.VTRIX_BASE_URL).hostname
 
 
 def _check_input(job: JobInput) -> None:

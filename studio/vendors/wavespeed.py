@@ -16,10 +16,10 @@ import base64
 import binascii
 import logging
 import time
-from urllib.parse import urlsplit
 
 from django.conf import settings
 
+from studio import webhooks
 from studio.vendors.base import JobInput, Output, Progress, Submission, VendorError
 from studio.vendors.http import NOT_SENT_ERRORS, UnreadableAnswer, VendorHttp
 from studio.vendors.remote import RemoteProvider
@@ -86,10 +86,12 @@ class WaveSpeedProvider(RemoteProvider):
                 }
             job.report("Sending to WaveSpeed", 0.1)
             # No idempotency key: never retried after it may have reached the server.
+            callback = self._callback_url(job)
             response = http.request(
                 "POST",
                 f"/api/v3/{model.strip('/')}",
                 json=body,
+                params={"webhook": callback} if callback else None,
                 headers=self.bearer_headers(),
                 retry_errors=NOT_SENT_ERRORS,
             )
@@ -97,11 +99,12 @@ class WaveSpeedProvider(RemoteProvider):
             task_id = str(data.get("id") or "")
             if not task_id:
                 raise VendorError(UNREADABLE, permanent=False)
-            job.save_state(submitted_at=time.time(), seed=seed)
+            job.save_state(submitted_at=time.time(), seed=seed, webhook=bool(callback))
             progress = self._progress(http, job, data)
         finally:
             http.close()
-        return Submission(task_id=task_id, progress=progress if progress.finished else None)
+        # With a webhook registered the job waits for it first, instead of polling at once.
+        return Submission(task_id=task_id, progress=progress if progress.finished or progress.webhook else None)
 
     def poll(self, job: JobInput, task_id: str) -> Progress:
         started = job.state.get("submitted_at") or time.time()
@@ -123,7 +126,12 @@ class WaveSpeedProvider(RemoteProvider):
         """One more poll after an answer we couldn't read, a few times per job."""
         if not self.garbled_poll_allowed(job):
             raise VendorError(UNREADABLE, permanent=False)
-        return Progress(finished=False, stage="Waiting for WaveSpeed", poll_after=self._poll_after(job))
+        return Progress(
+            finished=False,
+            stage="Waiting for WaveSpeed",
+            poll_after=self._poll_after(job),
+            webhook=bool(job.state.get("webhook")),
+        )
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -174,7 +182,13 @@ class WaveSpeedProvider(RemoteProvider):
         if status != "completed":
             # created, processing and anything unknown: keep polling until the deadline.
             stage, fraction = STAGES.get(status, ("Waiting for WaveSpeed", 0.3))
-            return Progress(finished=False, stage=stage, fraction=fraction, poll_after=self._poll_after(job))
+            return Progress(
+                finished=False,
+                stage=stage,
+                fraction=fraction,
+                poll_after=self._poll_after(job),
+                webhook=bool(job.state.get("webhook")),
+            )
         outputs = data.get("outputs") or []
         if not outputs:
             raise VendorError("WaveSpeed returned no image. Please try again.", permanent=False)
@@ -203,7 +217,6 @@ class WaveSpeedProvider(RemoteProvider):
                 item,
                 max_bytes=DOWNLOAD_MAX_BYTES,
                 max_seconds=DOWNLOAD_MAX_SECONDS,
-                allow_private=self._trusts_private(job, item),
             )
         # base64, plain or as a data URI (the format is undocumented, §2.6)
         content_type = "image/png"
@@ -221,13 +234,16 @@ class WaveSpeedProvider(RemoteProvider):
             content_type = "image/jpeg"
         return raw, content_type
 
-    def _trusts_private(self, job: JobInput, url: str) -> bool:
-        """Loopback result links are followed only from an emulator (sandbox, or a loopback base URL)."""
-        if job.sandbox or self.is_sandboxed():
-            return True
-        return urlsplit(url).hostname == urlsplit(settings.WAVESPEED_BASE_URL).hostname
+
+    def _callback_url(self, job: JobInput) -> str:
+        """Where WaveSpeed should call when the prediction ends; "" to rely on polling alone."""
+        if not settings.WAVESPEED_WEBHOOKS or not webhooks.vendor_can_call_back(sandboxed=self.is_sandboxed()):
+            return ""
+        return webhooks.wavespeed_callback_url(job.job_id)
 
     def _poll_after(self, job: JobInput) -> float:
+        if job.state.get("webhook"):
+            return float(settings.STUDIO_WEBHOOK_BACKSTOP_SECONDS)  # the webhook wakes the job first
         base = settings.WAVESPEED_POLL_MS / 1000
         started = job.state.get("submitted_at") or time.time()
         return base if time.time() - started < 10 else base * 2

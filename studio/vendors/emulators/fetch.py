@@ -1,4 +1,5 @@
-"""How an emulator fetches an image URL it was handed, as the real vendor would.
+"""How an emulator reaches the app, as the real vendor would: it fetches image URLs
+it was handed, and it calls webhooks back.
 
 Vendors that take image URLs (Vtrix, WaveSpeed) download them from the
 internet. Their emulators do the same through a `Fetcher`: by default a real
@@ -49,3 +50,41 @@ def django_client_fetch(client=None) -> Fetcher:
         return response.status_code, body, response.get("Content-Type", "").split(";")[0].strip().lower()
 
     return fetch
+
+
+# --- webhooks: an emulator calling the app back ----------------------------------------------
+
+# (url, body, headers) → HTTP status of the answer; 0 when nothing answered.
+Deliverer = Callable[[str, bytes, dict[str, str]], int]
+
+
+def http_deliver(url: str, body: bytes, headers: dict[str, str]) -> int:
+    """A POST with a short timeout, as a vendor's webhook sender makes it."""
+    try:
+        return httpx.post(url, content=body, headers=headers, timeout=httpx.Timeout(10.0, connect=3.0)).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def django_client_deliver(client=None) -> Deliverer:
+    """A deliverer that posts to this process's Django app (tests without a live server)."""
+    from urllib.parse import urlsplit
+
+    from django.db import connection
+    from django.test import Client
+
+    client = client or Client()
+
+    def deliver(url: str, body: bytes, headers: dict[str, str]) -> int:
+        parts = urlsplit(url)
+        try:
+            return client.post(
+                parts.path + (f"?{parts.query}" if parts.query else ""),
+                data=body,
+                content_type=headers.get("Content-Type", "application/json"),
+                headers={k: v for k, v in headers.items() if k.lower() != "content-type"},
+            ).status_code
+        finally:
+            connection.close()  # the delivering thread's own connection
+
+    return deliver

@@ -78,6 +78,7 @@ from PIL import Image
 from studio.vendors.emulators import perfectcorp_pictures as pictures
 from studio.vendors.emulators.base import Emulator, NetworkFault, json_response
 
+SANDBOX_WEBHOOK_SECRET = "whsec_cG9ydHJhaXQtc3R1ZGlvLXNhbmRib3gtd2ViaG9vay1zaWduaW5nLWtleSE="
 MAX_FILE_BYTES = 10 * 1024 * 1024
 STYLE_FEATURES = ("hair-style", "wig", "hair-ext", "hair-bang", "hair-vol", "text-to-image")
 HAIR_FEATURES = ("hair-style", "wig", "hair-ext", "hair-bang", "hair-vol")

@@ -29,6 +29,15 @@ Fault and variant switches (`emulator.faults[name]`; counted ones take an int
   output_ttl: float           output URLs answer `expired_status` (default 404) after this many seconds
   lost_task (counted)         the next N tasks are forgotten at their first poll: it answers
                               404 "prediction not found", as for an id WaveSpeed never knew
+Webhooks: a submit with `?webhook=<url>` (WaveSpeed's documented query parameter,
+wavespeed.ai/docs-api/webhooks) has its task moved on by a background thread, not
+only by polls, and once it is completed or failed the prediction object (the
+`data` of a poll, without the envelope) is POSTed to that URL through the
+injectable `deliverer`. Counters: "webhooks_delivered" (2xx answers),
+"webhooks_refused" (other answers or no connection), "webhooks_lost". Switches:
+  webhook_lost (counted)      the next N deliveries are never sent
+  webhook_repeated: int       each delivery is sent this many extra times
+  webhook_delay: float        seconds between the task's end and its delivery
 The Emulator base adds the generic ones, in the `{code, message}` envelope:
 "429"/"500"/"502"/"503", "connect_timeout", "read_timeout", "reset",
 "reset_after" (a submit creates its task, its answer is lost), "malformed_json",
@@ -42,6 +51,7 @@ import base64
 import binascii
 import json
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,7 +61,7 @@ import httpx
 from studio import imaging
 from studio.vendors.emulators import pictures_portrait as pictures
 from studio.vendors.emulators.base import STATUS_TEXT, Emulator, NetworkFault, json_response
-from studio.vendors.emulators.fetch import Fetcher, http_fetch
+from studio.vendors.emulators.fetch import Deliverer, Fetcher, http_deliver, http_fetch
 
 SANDBOX_KEY = "ws_sandbox_key"
 MAX_SEED = 2**31 - 1
@@ -73,6 +83,7 @@ class Task:
     error: str = ""
     inference_ms: int = 0
     polled: bool = False
+    webhook: str = ""  # where to POST the prediction when it ends
 
 
 class WaveSpeedEmulator(Emulator):
@@ -85,6 +96,7 @@ class WaveSpeedEmulator(Emulator):
         portrait_path: str = "wavespeed-ai/portrait",
         character_path: str = "wavespeed-ai/instant-character",
         fetcher: Fetcher | None = None,
+        deliverer: Deliverer | None = None,
         rate_per_minute: int = 10,
         concurrency: int = 3,
         stage_seconds: float = 0.0,
@@ -94,6 +106,8 @@ class WaveSpeedEmulator(Emulator):
         self.api_keys = set(api_keys) if api_keys is not None else {SANDBOX_KEY}
         self.models = {portrait_path: "portrait", character_path: "character"}
         self.fetcher = fetcher or http_fetch
+        self.deliverer = deliverer or http_deliver
+        self._submitted = threading.local()  # tasks the current request created with a webhook
         self.rate_per_minute = rate_per_minute
         self.concurrency = concurrency
         self.stage_seconds = stage_seconds
@@ -194,7 +208,15 @@ class WaveSpeedEmulator(Emulator):
                 return _envelope_error(429, "Too Many Requests", headers={"Retry-After": "60"})
             starts.append(now)
             self._starts[key] = starts
-        task = Task(id=secrets.token_hex(16), model=model, key=key, body=body, created=now, changed=now)
+        task = Task(
+            id=secrets.token_hex(16),
+            model=model,
+            key=key,
+            body=body,
+            created=now,
+            changed=now,
+            webhook=request.url.params.get("webhook", ""),
+        )
         image = body["image"]
         if image.startswith(("http://", "https://")):
             task.image, task.fetch_error = self._fetch(image)
@@ -210,6 +232,8 @@ class WaveSpeedEmulator(Emulator):
         if body.get("enable_sync_mode"):
             self._advance(task, force=True)
             self._advance(task, force=True)
+        elif task.webhook:
+            self._submitted.tasks.append(task)  # its thread starts once the answer is on its way (handle)
         return json_response(200, self._envelope(task))
 
     def get_result(self, request: httpx.Request, task_id: str) -> httpx.Response:
@@ -232,7 +256,8 @@ class WaveSpeedEmulator(Emulator):
         if odd:
             self.faults.pop("unknown_status", None)
             return json_response(200, self._envelope(task, status=odd))
-        self._advance(task)
+        with self.lock:  # a webhook task's thread moves it on too
+            self._advance(task)
         return json_response(200, self._envelope(task))
 
     def serve_file(self, request: httpx.Request, name: str) -> httpx.Response:
@@ -259,6 +284,40 @@ class WaveSpeedEmulator(Emulator):
         elif task.status == "processing" and not self.fault("stuck"):
             self._finish(task)
             task.changed = now
+
+    # --- webhooks --------------------------------------------------------------------------
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        """As the base, then start the webhook thread of a task this request created.
+
+        Not when the answer was lost (a network fault): such a task stays
+        `created` until polled, as it does without a webhook.
+        """
+        self._submitted.tasks = []
+        response = super().handle(request)
+        for task in self._submitted.tasks:
+            threading.Thread(target=self._run_and_call_back, args=(task,), name=f"ws-webhook-{task.id}",
+                             daemon=True).start()
+        return response
+
+    def _run_and_call_back(self, task: Task) -> None:
+        """Move the task on as time passes (nobody may poll it), then deliver its webhook."""
+        while task.status not in ("completed", "failed") and task.id in self.tasks:
+            with self.lock:
+                self._advance(task)
+            time.sleep(0.05)
+        if task.id not in self.tasks:
+            return
+        time.sleep(float(self.fault("webhook_delay", 0) or 0))
+        if self.take_fault("webhook_lost"):
+            with self.lock:
+                self.counters["webhooks_lost"] += 1
+            return
+        body = json.dumps(self._envelope(task)["data"]).encode()
+        for _ in range(1 + int(self.fault("webhook_repeated", 0) or 0)):
+            status = self.deliverer(task.webhook, body, {"Content-Type": "application/json"})
+            with self.lock:
+                self.counters["webhooks_delivered" if 200 <= status < 300 else "webhooks_refused"] += 1
 
     def _finish(self, task: Task) -> None:
         started = time.monotonic()
