@@ -439,8 +439,6 @@ def _record_vendor_report(job: Job, progress: Progress) -> None:
     values: dict[str, Any] = {}
     if progress.cost is not None:
         values["cost"] = progress.cost
-    if progress.units is not None:
-        values["units"] = progress.units
     if progress.meta:
         values["vendor_meta"] = {**job.vendor_meta, **progress.meta}
     if values:

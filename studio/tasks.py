@@ -56,10 +56,3 @@ def sync_styles() -> str:
     from studio import styles
 
     return styles.sync_summary(styles.styles_sync())
-
-
-def refresh_unit_costs() -> dict:
-    """Daily: the vendors' published unit costs, kept for the studio page (studio.costs)."""
-    from studio import costs
-
-    return costs.unit_costs_refresh()

@@ -90,13 +90,12 @@ def _aggregates(jobs) -> dict:
         succeeded=succeeded,
         failed=failed,
         cost=Sum("cost"),
-        units=Sum("units"),
         avg_duration=Avg(DURATION, filter=finished),
     )
     per_day = list(
         jobs.annotate(day=TruncDate("created_at"))
         .values("day")
-        .annotate(jobs=Count("id"), succeeded=succeeded, failed=failed, cost=Sum("cost"), units=Sum("units"))
+        .annotate(jobs=Count("id"), succeeded=succeeded, failed=failed, cost=Sum("cost"))
         .order_by("-day")
     )
     per_provider = list(
@@ -106,8 +105,7 @@ def _aggregates(jobs) -> dict:
             succeeded=succeeded,
             failed=failed,
             cost=Sum("cost"),
-            units=Sum("units"),
-            avg_duration=Avg(DURATION, filter=finished),
+                avg_duration=Avg(DURATION, filter=finished),
         )
         .order_by("provider")
     )

@@ -71,11 +71,3 @@ def toast_feed(context):
         "finished": [],
         "poll_seconds": POLL_SECONDS,
     }
-
-
-@register.simple_tag
-def unit_cost(op):
-    """Units one run of `op` costs at its vendor (studio.costs), or None when unknown."""
-    from studio.costs import unit_cost as kept_unit_cost
-
-    return kept_unit_cost(op.key) if op is not None else None

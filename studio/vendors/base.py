@@ -49,7 +49,6 @@ class Progress:
     webhook: bool = False
     outputs: tuple[Output, ...] = ()
     cost: float | None = None  # what the vendor says the job cost, when it says
-    units: float | None = None  # vendor credit units the job used (Perfect Corp), when known
     meta: dict[str, Any] = field(default_factory=dict)  # stored on Job.vendor_meta (no secrets)
 
 
