@@ -301,7 +301,15 @@ class WaveSpeedEmulator(Emulator):
         return response
 
     def _run_and_call_back(self, task: Task) -> None:
-        """Move the task on as time passes (nobody may poll it), then deliver its webhook."""
+        """Move the task on as time passes (nobody may poll it), then deliver its webhook.
+
+        `lost_task` forgets such a task before it runs (its first poll then answers 404).
+        """
+        if self.take_fault("lost_task"):
+            with self.lock:
+                self.counters["lost"] += 1
+                self.tasks.pop(task.id, None)
+            return
         while task.status not in ("completed", "failed") and task.id in self.tasks:
             with self.lock:
                 self._advance(task)
