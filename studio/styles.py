@@ -190,7 +190,7 @@ def _sync_catalogue(provider, feature: str, report: SyncReport) -> None:
                 report.styles += 1
                 url = raw.get("thumb") or ""
                 if url and (url != style.vendor_thumb_url or not style.thumbnail):
-                    http = http or provider.http()
+                    http = http or provider.catalogue_http()
                     try:
                         _store_thumbnail(style, url, http)
                         report.thumbnails += 1

@@ -51,6 +51,15 @@ def process_vendor_deletions() -> dict:
     return vendor_deletion.deletions_process()
 
 
+def delete_remote_copies(snapshots: list) -> int:
+    """The previous release's deletion task, for tasks still queued across an upgrade."""
+    from studio import vendor_deletion
+
+    adopted = vendor_deletion.snapshots_adopt(snapshots)
+    vendor_deletion.deletions_process()
+    return adopted
+
+
 def sync_styles() -> str:
     """Daily: refresh the vendor style catalogues (studio.styles)."""
     from studio import styles

@@ -100,6 +100,23 @@ def deletions_request(jobs) -> int:
     return len(rows)
 
 
+def snapshots_adopt(snapshots: list[dict[str, Any]]) -> int:
+    """Queue snapshots that the previous release handed to a one-shot task.
+
+    Before this queue existed, deletions travelled as a task argument
+    (`studio.tasks.delete_remote_copies`); such tasks may still sit in a
+    broker during an upgrade. They become rows here, with the same retries.
+    """
+    rows = [
+        VendorDeletion(provider=snap["provider"], job_ref=str(snap["id"]), snapshot=snap)
+        for snap in snapshots
+        if isinstance(snap, dict) and snap.get("id") and _remote_provider(snap.get("provider", ""))
+    ]
+    with transaction.atomic():
+        VendorDeletion.objects.bulk_create(rows)
+    return len(rows)
+
+
 def _claim(row: VendorDeletion, now) -> bool:
     """Take a due row for this processor; another processor running at once skips it."""
     return (

@@ -19,10 +19,13 @@ hint: the job re-reads the vendor's task before it stores anything.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 
 from django.conf import settings
 from django.core.cache import cache
+
+logger = logging.getLogger(__name__)
 
 SIGNAL_TTL = 600  # seconds; longer than any wait between two polls
 CHECKS_PER_SECOND = 4  # embedded configuration only
@@ -35,9 +38,15 @@ def _key(job_id) -> str:
 def wake(job_id) -> None:
     """Signal the job: its current (or next) wait returns at once."""
     if settings.REDIS_URL:
+        import redis
+
         key = _redis_key(job_id)
-        with _redis().pipeline(transaction=True) as pipe:
-            pipe.rpush(key, "1").expire(key, SIGNAL_TTL).execute()
+        try:
+            with _redis().pipeline(transaction=True) as pipe:
+                pipe.rpush(key, "1").expire(key, SIGNAL_TTL).execute()
+        except redis.RedisError:
+            # Lost, like a lost webhook: the job's backstop poll still comes.
+            logger.warning("wake-up for job %s: Redis unavailable, the job will poll", job_id, exc_info=True)
     else:
         cache.set(_key(job_id), 1, timeout=SIGNAL_TTL)
 
@@ -66,17 +75,27 @@ def _wait_cache(job_id, seconds: float) -> bool:
 
 
 def _wait_redis(job_id, seconds: float) -> bool:
+    import redis
+
     key = _redis_key(job_id)
     client = _redis()
-    if seconds <= 0:
-        popped = client.lpop(key)
-    else:
-        # BLPOP's timeout 0 means "forever"; a float timeout needs Redis ≥ 6.
-        popped = client.blpop([key], timeout=max(seconds, 0.01))
-    if popped is None:
+    started = time.monotonic()
+    try:
+        if seconds <= 0:
+            popped = client.lpop(key)
+        else:
+            # BLPOP's timeout 0 means "forever"; a float timeout needs Redis ≥ 6.
+            popped = client.blpop([key], timeout=max(seconds, 0.01))
+        if popped is None:
+            return False
+        client.delete(key)  # repeated webhooks for one event: one poll answers them all
+        return True
+    except redis.RedisError:
+        # A wake is only a hint: with Redis unreachable the job still waits
+        # out its pause and polls, as it would without webhooks.
+        logger.warning("wake-up wait for job %s: Redis unavailable, polling instead", job_id, exc_info=True)
+        time.sleep(max(0.0, seconds - (time.monotonic() - started)))
         return False
-    client.delete(key)  # repeated webhooks for one event: one poll answers them all
-    return True
 
 
 def _redis_key(job_id) -> str:
@@ -85,7 +104,13 @@ def _redis_key(job_id) -> str:
 
 @functools.cache
 def _redis():
-    """One client per process; no socket timeout, since a blocking pop is meant to block."""
+    """One client per process, with no read timeout: a blocking pop is meant to block.
+
+    socket_timeout=None must be said outright: redis-py 8 otherwise reuses the
+    connect timeout as the read timeout and cuts every wait at 5 seconds.
+    """
     import redis
 
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5, socket_keepalive=True)
+    return redis.Redis.from_url(
+        settings.REDIS_URL, socket_connect_timeout=5, socket_timeout=None, socket_keepalive=True
+    )

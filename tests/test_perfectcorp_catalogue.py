@@ -301,6 +301,20 @@ def test_sync_walks_every_page_keeps_exact_ids_and_caches_thumbnails(served_emul
     assert not Style.objects.get(style_id=str(gone["id"])).available
 
 
+def test_sync_spends_from_the_shared_budget_even_for_thumbnails_on_the_api_host(served_emulator, settings):
+    # A vendor (or staging endpoint) that counts every request from our IP,
+    # thumbnails included, with a window small enough to overflow in a test.
+    emu = served_emulator
+    emu.faults["count_storage"] = True
+    emu.rate_per_ip = (20, 2.0)
+    settings.PERFECTCORP_RATE_PER_IP, settings.PERFECTCORP_RATE_WINDOW_IP_S = 20, 2
+    (report,) = styles.styles_sync(feature="hair-style")
+    expected = vendor_ids(emu, "hair-style")
+    assert report.error == "" and report.thumbnail_errors == []
+    assert report.thumbnails == len(expected) > 20  # more requests than one window holds
+    assert emu.counters["429"] == 0
+
+
 def test_sync_command_reports_each_catalogue(emulator, capsys):
     call_command("sync_styles")
     out = capsys.readouterr().out

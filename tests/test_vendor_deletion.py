@@ -158,3 +158,22 @@ def test_the_retry_schedule_exists():
 
     schedule = Schedule.objects.get(name="vendor-deletions")
     assert schedule.func == "studio.tasks.process_vendor_deletions" and schedule.minutes == 1
+
+
+@pytest.mark.django_db
+def test_a_deletion_task_queued_by_the_previous_release_still_deletes(flaky):
+    # The old release sent snapshots as the argument of a one-shot task.
+    from studio import tasks
+
+    old_queue = [
+        {"id": "7f0c1d2e-0000-4000-8000-000000000001", "provider": "flakyvendor", "operation": "x",
+         "sandbox": False, "vendor_task_id": "task-old", "vendor_state": {}, "vendor_meta": {}, "request_id": ""},
+        {"id": "7f0c1d2e-0000-4000-8000-000000000002", "provider": "local", "operation": "x"},
+    ]
+    FlakyVendor.failures = [VendorError("down", permanent=False)]
+    assert tasks.delete_remote_copies(old_queue) == 1  # the local job has nothing at a vendor
+    row = VendorDeletion.objects.get()
+    assert row.status == VendorDeletion.Status.PENDING and row.attempts == 1  # the outage is retried later
+    vendor_deletion.deletions_process(now=timezone.now() + timedelta(hours=1))
+    row.refresh_from_db()
+    assert row.status == VendorDeletion.Status.DONE and FlakyVendor.deleted == ["task-old"]

@@ -83,6 +83,27 @@ def test_a_wake_from_another_thread_ends_the_wait_early():
     assert wakeup.wait(key, 60) is True  # a wait that ended without its timeout: woken
 
 
+def test_a_long_wait_is_not_cut_short_by_a_socket_timeout():
+    # redis-py 8 reuses its 5 s connect timeout as the read timeout unless told
+    # otherwise, which crashed every wait between two polls longer than that.
+    key = uuid.uuid4().hex
+    threading.Timer(6.0, wakeup.wake, args=(key,)).start()
+    started = time.monotonic()
+    assert wakeup.wait(key, 30) is True
+    assert time.monotonic() - started >= 5.9
+
+
+def test_an_unreachable_redis_makes_the_wait_a_plain_pause(settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    wakeup._redis.cache_clear()
+    try:
+        started = time.monotonic()
+        assert wakeup.wait(uuid.uuid4().hex, 0.5) is False
+        assert time.monotonic() - started >= 0.45
+    finally:
+        wakeup._redis.cache_clear()
+
+
 # --- Perfect Corp: Standard Webhooks -------------------------------------------------------------
 
 
@@ -117,9 +138,9 @@ def test_refused_deliveries_get_400_and_change_nothing(client, case):
     elif case == "body changed":
         raw = raw.replace(b"success", b"error")
     elif case == "stale":
-        raw, headers = _delivery(PAYLOAD, at=now - 301)
+        raw, headers = _delivery(PAYLOAD, at=now - 360)  # well past 300 s, so a slow test run cannot bring it back inside
     elif case == "future":
-        raw, headers = _delivery(PAYLOAD, at=now + 301)
+        raw, headers = _delivery(PAYLOAD, at=now + 360)
     elif case == "missing header":
         del headers["webhook-id"]
     elif case == "bad timestamp":

@@ -263,6 +263,8 @@ class VendorHttp:
                 raise too_slow
             request_url, headers, extensions = _pinned(url, address)
             timeout = httpx.Timeout(min(30.0, remaining), connect=min(5.0, remaining))
+            if self.before_request:
+                self.before_request("GET", url)
             try:
                 with self._client.stream(
                     "GET", request_url, headers=headers, extensions=extensions, timeout=timeout
@@ -270,6 +272,10 @@ class VendorHttp:
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("Location", ""))
                         continue
+                    if response.status_code == 429:
+                        if self.on_rate_limited:
+                            self.on_rate_limited(response)
+                        raise VendorError(_status_message(429, self.vendor), permanent=False)
                     if response.status_code in (403, 404, 410):
                         raise VendorError(
                             f"{self.vendor}'s result has expired before we could fetch it. Please run the job again.",

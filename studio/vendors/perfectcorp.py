@@ -37,7 +37,7 @@ from studio.imaging import FaceBox
 from studio.vendors import sandbox
 from studio.vendors.base import JobInput, Output, Progress, Submission, VendorError
 from studio.vendors.budget import BudgetTimeout, CapacityWait, RequestBudget, Window
-from studio.vendors.http import UnreadableAnswer, VendorHttp, pause
+from studio.vendors.http import UnreadableAnswer, VendorHttp, origin_of, pause
 from studio.vendors.remote import RemoteProvider
 
 log = logging.getLogger(__name__)
@@ -239,6 +239,27 @@ class PerfectCorpProvider(RemoteProvider):
         return self.http(
             sleep=self.sleep, before_request=before, on_rate_limited=limited, timeout=API_TIMEOUT
         )
+
+    def catalogue_http(self) -> VendorHttp:
+        """For the style sync's thumbnail downloads.
+
+        A thumbnail on the API's own host (a staging endpoint, the emulator,
+        or a vendor that counts every request from our IP) is drawn from the
+        shared budget like a listing page, behind running jobs; one on a CDN
+        is not. Without this a first sync of six catalogues fired some 200
+        unbudgeted thumbnail requests into the per-IP window.
+        """
+        budget = self.budget()
+        http = self.http(sleep=self.sleep, timeout=STORAGE_TIMEOUT)
+        api_origin = origin_of(http.base_url)
+
+        def before(method: str, url: str) -> None:
+            if origin_of(url) == api_origin:
+                budget.take(None)
+
+        http.before_request = before
+        http.on_rate_limited = lambda response: budget.rate_limited(base=2.0)
+        return http
 
     def _storage_http(self) -> VendorHttp:
         return self.http(sleep=self.sleep, timeout=STORAGE_TIMEOUT)

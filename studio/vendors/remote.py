@@ -87,6 +87,10 @@ class RemoteProvider(Provider):
             **options,
         )
 
+    def catalogue_http(self) -> VendorHttp:
+        """The client the style sync fetches thumbnails with (an adapter with a shared budget draws from it)."""
+        return self.http()
+
     def garbled_poll_allowed(self, job, **state: Any) -> bool:
         """Count a status answer we couldn't read; True while one more poll is allowed.
 
