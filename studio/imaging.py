@@ -346,6 +346,11 @@ def _apply_orientation(image: Image.Image, orientation: int) -> Image.Image:
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB of any decoded image, alpha flattened onto white (for prints and size-capped exports)."""
+    return _to_rgb(im) if im.mode != "RGB" else im
+
+
 def _to_rgb(im: Image.Image, icc_profile: bytes | None = None) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB, alpha flattened onto white.
 

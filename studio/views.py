@@ -8,6 +8,7 @@ failures (a refused photo, a job that cannot start) come back as ordinary
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib import messages
@@ -20,7 +21,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
-from studio import job_inputs, media, retention, selectors, services, views_compare
+from studio import imaging, job_inputs, media, print_sheet, retention, selectors, services, views_compare
 from studio.imaging import ImageRejected
 from studio.limits import limited
 from studio.models import Job, Photo, Style
@@ -307,6 +308,8 @@ def result_detail(request, result_id):
             "share": share,
             "share_url": request.build_absolute_uri(reverse("studio:share", args=[share.token])) if share else "",
             "op": op,
+            "is_passport": print_sheet.is_passport(job),
+            "size_caps": print_sheet.SIZE_CAPS_KB,
             "values": {**(op.defaults() if op else {}), **job.params},
             "errors": {},
         },
@@ -326,6 +329,51 @@ def result_image(request, result_id):
 def result_download(request, result_id):
     result = selectors.result_get_for_owner(owner_for(request), result_id)
     return _image_response(result.image, result.content_type, download_name=result.download_name())
+
+
+@require_GET
+def result_print_sheet(request, result_id):
+    """A 6×4 in sheet of passport copies with cut marks, for passport crops only."""
+    result = selectors.result_get_for_owner(owner_for(request), result_id)
+    if not print_sheet.is_passport(result.job):
+        raise Http404("Print sheets are made from passport crops.")
+    sheet = print_sheet.passport_sheet(_result_image(result))
+    return _attachment(sheet.jpeg(), f"{Path(result.download_name()).stem}-print-sheet-6x4in.jpg")
+
+
+@require_GET
+def result_export(request, result_id):
+    """The result as a JPEG no larger than ?max_kb= (for upload forms with a size limit)."""
+    result = selectors.result_get_for_owner(owner_for(request), result_id)
+    try:
+        max_kb = int(request.GET.get("max_kb", ""))
+    except ValueError:
+        max_kb = 0
+    if not print_sheet.MIN_CAP_KB <= max_kb <= print_sheet.MAX_CAP_KB:
+        messages.error(
+            request,
+            f"Choose a file size limit between {print_sheet.MIN_CAP_KB} KB and {print_sheet.MAX_CAP_KB} KB.",
+        )
+        return redirect("studio:result", result_id=result.pk)
+    try:
+        data = print_sheet.jpeg_at_most(_result_image(result), max_kb * 1024)
+    except print_sheet.CapTooSmall as exc:
+        messages.error(request, str(exc))
+        return redirect("studio:result", result_id=result.pk)
+    return _attachment(data, f"{Path(result.download_name()).stem}-max-{max_kb}kb.jpg")
+
+
+def _result_image(result):
+    with result.image.open("rb") as fh:
+        data = fh.read()
+    return imaging.load_image(data, max_bytes=max(len(data), 1))  # our own file: no upload cap
+
+
+def _attachment(data: bytes, filename: str) -> HttpResponse:
+    response = HttpResponse(data, content_type="image/jpeg")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "private, no-store"
+    return response
 
 
 @require_POST

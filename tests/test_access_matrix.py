@@ -86,6 +86,10 @@ MATRIX: dict[str, Rule] = {
     "studio:result": Rule("GET", owner_only(200)),
     "studio:result_image": Rule("GET", owner_only(200)),
     "studio:result_download": Rule("GET", owner_only(200)),
+    "studio:result_export": Rule("GET", owner_only(200), data={"max_kb": "100"}),
+    # This world's result is a retouch, not a passport crop, so its owner gets no sheet either;
+    # tests/test_print_sheet.py runs a passport crop (owner 200, anyone else 404).
+    "studio:result_print_sheet": Rule("GET", owner_only(404)),
     "studio:result_delete": Rule("POST", owner_only(302), keeps=True),
     "studio:result_chain": Rule("POST", owner_only(302), keeps=True),
     "studio:result_share": Rule("POST", owner_only(302), data={"enabled": "1"}, keeps=True),
@@ -249,7 +253,7 @@ def _snapshot():
 
 def _request(client: Client, method: str, url: str, data: dict, world: World):
     if method == "GET":
-        return client.get(url)
+        return client.get(url, data)
     payload = {key: str(value).format(photo=world.photo.pk) for key, value in data.items() if key != "_upload"}
     if "_upload" in data:
         from django.core.files.uploadedfile import SimpleUploadedFile

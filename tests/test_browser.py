@@ -13,9 +13,11 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
+from skimage.measure import label, regionprops
 
 from studio.models import Job, Result
 from tests import images
@@ -614,3 +616,38 @@ def _assert_no_horizontal_overflow(page: Page) -> None:
         "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
     )
     assert overflow <= 0, f"{page.url} scrolls sideways by {overflow}px"
+
+
+def test_passport_print_sheet_and_size_capped_export(studio, qcluster, portrait_file, tmp_path):
+    page, _ = studio.page()
+    upload_photo(page, portrait_file)
+    choose_operation(page, "Headshot crop")
+    page.locator("label.chip", has_text="Passport 35×45 mm").click()
+    job_id = submit_job(page)
+    wait_succeeded(page, job_id)
+    result = Result.objects.get(job_id=job_id)
+    page.goto(f"/results/{result.pk}/")
+
+    # The sheet: 6×4 in at 300 dpi, eight copies of 35×45 mm counted from its pixels.
+    with page.expect_download() as info:
+        page.get_by_test_id("print-sheet").click()
+    sheet_path = tmp_path / info.value.suggested_filename
+    info.value.save_as(sheet_path)
+    assert sheet_path.name.endswith("-print-sheet-6x4in.jpg")
+    with Image.open(sheet_path) as sheet:
+        assert sheet.size == (1800, 1200)
+        ink = (np.asarray(sheet.convert("RGB")) < 235).any(axis=2)
+    copies = [r for r in regionprops(label(ink)) if r.area > 50_000]
+    assert len(copies) == 8
+    assert all(abs(r.bbox[3] - r.bbox[1] - 413) <= 3 and abs(r.bbox[2] - r.bbox[0] - 531) <= 3 for r in copies)
+
+    # The export for an online form: at most 50 KB, the crop's shape.
+    page.get_by_test_id("export-size").select_option("50")
+    with page.expect_download() as info:
+        page.get_by_test_id("export").click()
+    export_path = tmp_path / info.value.suggested_filename
+    info.value.save_as(export_path)
+    assert export_path.stat().st_size <= 50 * 1024
+    with Image.open(export_path) as small:
+        assert abs(small.width / small.height - 35 / 45) < 0.01
+        assert not small.getexif()
