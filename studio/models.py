@@ -185,6 +185,7 @@ class Result(models.Model):
     height = models.PositiveIntegerField()
     label = models.CharField(max_length=120, blank=True)
     meta = models.JSONField(default=dict, blank=True)
+    favourite = models.BooleanField(default=False, help_text="Marked by its owner, for the favourites ZIP.")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -189,6 +189,16 @@ def gallery_page(owner: Owner, *, operation: str = "", status: str = "", page: i
     return Paginator(jobs, per_page).get_page(page)
 
 
+def results_for_archive(owner: Owner, *, favourites: bool = False, batch=None):
+    """The owner's results for a ZIP, oldest job first: all, the favourites, or one batch."""
+    results = Result.objects.filter(owner.q("job__")).select_related("job", "job__style_template")
+    if favourites:
+        results = results.filter(favourite=True)
+    if batch is not None:
+        results = results.filter(job__batch=batch)
+    return results.order_by("job__created_at", "job_id", "index")
+
+
 # --- Style templates and comparisons ---------------------------------------------
 
 

@@ -14,14 +14,14 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.forms import UserCreationForm
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
-from studio import imaging, job_inputs, media, print_sheet, retention, selectors, services, views_compare
+from studio import archive, imaging, job_inputs, media, print_sheet, retention, selectors, services, views_compare
 from studio.imaging import ImageRejected
 from studio.limits import limited
 from studio.models import Job, Photo, Style
@@ -371,6 +371,49 @@ def _result_image(result):
 
 def _attachment(data: bytes, filename: str) -> HttpResponse:
     response = HttpResponse(data, content_type="image/jpeg")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+@require_POST
+def result_favourite(request, result_id):
+    """Mark or unmark a result as a favourite (for the favourites ZIP)."""
+    result = selectors.result_get_for_owner(owner_for(request), result_id)
+    result.favourite = request.POST.get("favourite") == "1"
+    result.save(update_fields=["favourite"])
+    if request.htmx:
+        return render(request, "studio/result.html#favourite_button", {"result": result})
+    return redirect("studio:result", result_id=result.pk)
+
+
+@require_GET
+def gallery_zip(request):
+    """The whole gallery, or with ?favourites=1 the favourites, as one streamed ZIP."""
+    favourites = request.GET.get("favourites") == "1"
+    results = selectors.results_for_archive(owner_for(request), favourites=favourites)
+    if not results.exists():
+        messages.info(
+            request, "No favourites yet: mark results with ☆ first." if favourites else "No results to download yet."
+        )
+        return redirect("studio:gallery")
+    name = "portrait-studio-favourites.zip" if favourites else "portrait-studio-gallery.zip"
+    return _zip_response(results, name)
+
+
+@require_GET
+def batch_zip(request, batch):
+    """Every result of one submission (a batch), as one streamed ZIP."""
+    jobs = selectors.batch_jobs_for_owner(owner_for(request), batch)  # 404 unless owned
+    results = selectors.results_for_archive(owner_for(request), batch=batch)
+    if not results.exists():
+        messages.info(request, "This batch has no results to download yet.")
+        return redirect("studio:compare", batch=batch)
+    return _zip_response(results, f"portrait-studio-{jobs[0].operation}-batch-{str(batch)[:8]}.zip")
+
+
+def _zip_response(results, filename: str) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(archive.zip_chunks(results.iterator(chunk_size=50)), content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     response["Cache-Control"] = "private, no-store"
     return response

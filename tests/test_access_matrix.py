@@ -83,6 +83,9 @@ MATRIX: dict[str, Rule] = {
     "studio:job_delete": Rule("POST", owner_only(302), keeps=True),
     "studio:job_rerun": Rule("POST", owner_only(302), data={"strength": "0.5"}, keeps=True),
     "studio:compare": Rule("GET", owner_only(200)),
+    "studio:batch_zip": Rule("GET", owner_only(200)),
+    # Everyone may ask for their own gallery's ZIP; the outsiders have no results: back to the gallery.
+    "studio:gallery_zip": Rule("GET", {**dict.fromkeys(OUTSIDERS, 302), "owner": 200}),
     "studio:result": Rule("GET", owner_only(200)),
     "studio:result_image": Rule("GET", owner_only(200)),
     "studio:result_download": Rule("GET", owner_only(200)),
@@ -91,6 +94,7 @@ MATRIX: dict[str, Rule] = {
     # tests/test_print_sheet.py runs a passport crop (owner 200, anyone else 404).
     "studio:result_print_sheet": Rule("GET", owner_only(404)),
     "studio:result_delete": Rule("POST", owner_only(302), keeps=True),
+    "studio:result_favourite": Rule("POST", owner_only(302), data={"favourite": "1"}, keeps=True),
     "studio:result_chain": Rule("POST", owner_only(302), keeps=True),
     "studio:result_share": Rule("POST", owner_only(302), data={"enabled": "1"}, keeps=True),
     # Seeds exist only for seeded (vendor) operations: for a local result even the owner gets 404.
@@ -246,7 +250,7 @@ def _snapshot():
     return (
         set(Photo.objects.values_list("pk", flat=True)),
         set(Job.objects.values_list("pk", "status")),
-        set(Result.objects.values_list("pk", flat=True)),
+        set(Result.objects.values_list("pk", "favourite")),
         set(ShareLink.objects.values_list("pk", "revoked_at")),
     )
 

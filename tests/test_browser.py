@@ -651,3 +651,30 @@ def test_passport_print_sheet_and_size_capped_export(studio, qcluster, portrait_
     with Image.open(export_path) as small:
         assert abs(small.width / small.height - 35 / 45) < 0.01
         assert not small.getexif()
+
+
+def test_favourite_then_download_the_favourites_zip(studio, qcluster, portrait_file, tmp_path):
+    import zipfile
+
+    page, _ = studio.page()
+    result = _finished_result_page(page, portrait_file)
+    button = page.get_by_test_id("favourite")
+    expect(button).to_have_attribute("aria-pressed", "false")
+    button.click()
+    expect(page.get_by_test_id("favourite")).to_have_attribute("aria-pressed", "true")  # swapped in by htmx
+    expect(page.get_by_test_id("favourite")).to_contain_text("Favourite")
+    assert Result.objects.get(pk=result.pk).favourite
+
+    page.goto("/gallery/")
+    with page.expect_download() as info:
+        page.get_by_test_id("zip-favourites").click()
+    path = tmp_path / info.value.suggested_filename
+    info.value.save_as(path)
+    assert path.name == "portrait-studio-favourites.zip"
+    with zipfile.ZipFile(path) as archive:
+        names = sorted(archive.namelist())
+        assert len(names) == 2 and names[0].startswith("full-size/") and names[1].startswith("profile-600/")
+        with archive.open(names[0]) as fh, Image.open(fh) as full:
+            assert full.size == (result.width, result.height) and not full.getexif()
+        with archive.open(names[1]) as fh, Image.open(fh) as profile:
+            assert profile.size == (600, 600)
