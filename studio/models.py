@@ -213,6 +213,7 @@ class ShareLink(models.Model):
     result = models.ForeignKey(Result, on_delete=models.CASCADE, related_name="share_links")
     token = models.CharField(max_length=64, unique=True, default=new_share_token, editable=False)
     show_before = models.BooleanField(default=False, help_text="Also show the original photo.")
+    allow_download = models.BooleanField(default=False, help_text="Viewers may download the full-size result.")
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)

@@ -485,16 +485,19 @@ def result_delete(*, result: Result) -> None:
             job.delete()
 
 
-def share_enable(*, result: Result, show_before: bool = False, expires_at=None) -> ShareLink:
+def share_enable(
+    *, result: Result, show_before: bool = False, allow_download: bool = False, expires_at=None
+) -> ShareLink:
     """The active share link of a result, created if there is none (optionally expiring)."""
+    wanted = {"show_before": show_before, "allow_download": allow_download, "expires_at": expires_at}
     with transaction.atomic():
         link = next((link for link in result.share_links.all() if link.is_active), None)
         if link is None:
-            link = ShareLink.objects.create(result=result, show_before=show_before, expires_at=expires_at)
-        elif link.show_before != show_before or link.expires_at != expires_at:
-            link.show_before = show_before
-            link.expires_at = expires_at
-            link.save(update_fields=["show_before", "expires_at"])
+            link = ShareLink.objects.create(result=result, **wanted)
+        elif any(getattr(link, name) != value for name, value in wanted.items()):
+            for name, value in wanted.items():
+                setattr(link, name, value)
+            link.save(update_fields=list(wanted))
     return link
 
 

@@ -47,4 +47,5 @@ urlpatterns = [
     path("s/<str:token>", views.share_page, name="share"),
     path("s/<str:token>/image", views.share_image, name="share_image"),
     path("s/<str:token>/before", views.share_before_image, name="share_before"),
+    path("s/<str:token>/download", views.share_download, name="share_download"),
 ]

@@ -450,7 +450,10 @@ def result_share(request, result_id):
         days = request.POST.get("expires_days", "")
         expires_at = timezone.now() + timedelta(days=int(days)) if days in SHARE_EXPIRY_DAYS else None
         share = services.share_enable(
-            result=result, show_before=request.POST.get("show_before") == "1", expires_at=expires_at
+            result=result,
+            show_before=request.POST.get("show_before") == "1",
+            allow_download=request.POST.get("allow_download") == "1",
+            expires_at=expires_at,
         )
     else:
         services.share_disable(result=result)
@@ -531,6 +534,17 @@ def share_page(request, token):
 def share_image(request, token):
     link = selectors.share_get_active(token)
     response = _image_response(link.result.image, link.result.content_type)
+    response["X-Robots-Tag"] = "noindex"
+    return response
+
+
+@require_GET
+def share_download(request, token):
+    """The shared result as a file, when its owner allowed downloads."""
+    link = selectors.share_get_active(token)
+    if not link.allow_download:
+        raise Http404("The owner did not allow downloads of this result.")
+    response = _image_response(link.result.image, link.result.content_type, download_name=link.result.download_name())
     response["X-Robots-Tag"] = "noindex"
     return response
 

@@ -11,6 +11,7 @@ from django.http import StreamingHttpResponse
 from PIL import Image
 
 from studio.models import Job, Result
+from tests.media import fetch
 from tests.test_views import HTMX, photo, result, run_job  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -94,3 +95,23 @@ def test_nobody_else_gets_a_zip_or_a_favourite(owner_client, other_client, resul
     # Another visitor's gallery ZIP is their own: empty, so a message, not the owner's results.
     response = other_client.get("/gallery/download.zip", follow=True)
     assert response.status_code == 200 and "No results to download yet." in response.content.decode()
+
+
+def test_a_share_link_offers_the_download_only_when_its_owner_allows_it(owner_client, client, result):  # noqa: F811
+    owner_client.post(f"/results/{result.pk}/share", {"enabled": "1"})
+    token = result.share_links.get().token
+    assert client.get(f"/s/{token}/download").status_code == 404
+    assert "share-download" not in client.get(f"/s/{token}").content.decode()
+
+    owner_client.post(f"/results/{result.pk}/share", {"enabled": "1", "allow_download": "1"})
+    assert result.share_links.get().token == token  # the same link, now with downloads
+    page = client.get(f"/s/{token}").content.decode()
+    assert "share-download" in page
+    fetched = fetch(client.get(f"/s/{token}/download"))  # on S3: a redirect to a signed URL, followed
+    assert fetched.status == 200
+    assert fetched.headers.get("content-disposition", "").startswith("attachment")
+    with result.image.open("rb") as fh:
+        assert fetched.body == fh.read()
+
+    owner_client.post(f"/results/{result.pk}/share", {"enabled": "0"})
+    assert client.get(f"/s/{token}/download").status_code == 404

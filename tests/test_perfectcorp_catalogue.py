@@ -315,6 +315,27 @@ def test_sync_spends_from_the_shared_budget_even_for_thumbnails_on_the_api_host(
     assert emu.counters["429"] == 0
 
 
+def test_a_live_vendor_counting_thumbnails_meets_no_429_either(settings):
+    # The emulator at a configured address with our keys, as an independent vendor would be:
+    # it counts thumbnail fetches on its own host against the per-IP window.
+    from studio.vendors import sandbox
+    from studio.vendors.emulators.perfectcorp import PerfectCorpEmulator
+
+    emu = PerfectCorpEmulator()
+    emu.faults["count_storage"] = True
+    emu.rate_per_ip = (20, 2.0)
+    sandbox.reset()
+    with emu.serve():
+        settings.STUDIO_SANDBOX = False
+        settings.PERFECTCORP_BASE_URL = emu.base_url
+        settings.PERFECTCORP_CLIENT_ID, settings.PERFECTCORP_CLIENT_SECRET = emu.client_id, emu.public_key_b64
+        settings.PERFECTCORP_RATE_PER_IP, settings.PERFECTCORP_RATE_WINDOW_IP_S = 20, 2
+        (report,) = styles.styles_sync(feature="hair-style")
+    assert report.error == "" and report.thumbnail_errors == []
+    assert report.thumbnails == len(vendor_ids(emu, "hair-style")) > 20
+    assert emu.counters["429"] == 0
+
+
 def test_sync_command_reports_each_catalogue(emulator, capsys):
     call_command("sync_styles")
     out = capsys.readouterr().out
