@@ -55,6 +55,15 @@ def _generous_abuse_limits(settings):
 
 
 @pytest.fixture(autouse=True)
+def _short_webhook_backstop(settings):
+    """A WaveSpeed job registers a webhook at STUDIO_PUBLIC_URL, where most tests serve nothing,
+    so the webhook is lost and the job waits out the backstop (25 s by default) before each
+    poll. At 1 s the backstop polls as often as the adapter did before webhooks; tests of the
+    webhooks set their own value."""
+    settings.STUDIO_WEBHOOK_BACKSTOP_SECONDS = 1
+
+
+@pytest.fixture(autouse=True)
 def _sync_jobs(monkeypatch):
     """Run django-q2 tasks inline (tests needing a real cluster switch this off)."""
     from django_q.conf import Conf

@@ -82,6 +82,8 @@ class Cluster:
             STUDIO_PUBLIC_URL=django_settings.STUDIO_PUBLIC_URL,
             # Emulators shared with the test process (studio/vendors/emulators/host.py), if it serves them.
             STUDIO_SANDBOX_URL=getattr(django_settings, "STUDIO_SANDBOX_URL", ""),
+            # The test's backstop (tests/conftest.py), so a lost webhook costs a worker no more.
+            STUDIO_WEBHOOK_BACKSTOP_SECONDS=str(django_settings.STUDIO_WEBHOOK_BACKSTOP_SECONDS),
         )
         # REDIS_URL, the queue name and AWS_* come with os.environ; on S3 the
         # media "directory" is the test's own key prefix (tests/conftest.py).
