@@ -338,7 +338,8 @@ def result_print_sheet(request, result_id):
     if not print_sheet.is_passport(result.job):
         raise Http404("Print sheets are made from passport crops.")
     sheet = print_sheet.passport_sheet(_result_image(result))
-    return _attachment(sheet.jpeg(), f"{Path(result.download_name()).stem}-print-sheet-6x4in.jpg")
+    name = f"{Path(result.download_name()).stem}-print-sheet-6x4in.jpg"
+    return _attachment(HttpResponse(sheet.jpeg(), content_type="image/jpeg"), name)
 
 
 @require_GET
@@ -360,7 +361,8 @@ def result_export(request, result_id):
     except print_sheet.CapTooSmall as exc:
         messages.error(request, str(exc))
         return redirect("studio:result", result_id=result.pk)
-    return _attachment(data, f"{Path(result.download_name()).stem}-max-{max_kb}kb.jpg")
+    name = f"{Path(result.download_name()).stem}-max-{max_kb}kb.jpg"
+    return _attachment(HttpResponse(data, content_type="image/jpeg"), name)
 
 
 def _result_image(result):
@@ -369,8 +371,8 @@ def _result_image(result):
     return imaging.load_image(data, max_bytes=max(len(data), 1))  # our own file: no upload cap
 
 
-def _attachment(data: bytes, filename: str) -> HttpResponse:
-    response = HttpResponse(data, content_type="image/jpeg")
+def _attachment(response, filename: str):
+    """A generated download (print sheet, export, ZIP): a file name, and never cached on the way."""
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     response["Cache-Control"] = "private, no-store"
     return response
@@ -404,19 +406,19 @@ def gallery_zip(request):
 @require_GET
 def batch_zip(request, batch):
     """Every result of one submission (a batch), as one streamed ZIP."""
-    jobs = selectors.batch_jobs_for_owner(owner_for(request), batch)  # 404 unless owned
-    results = selectors.results_for_archive(owner_for(request), batch=batch)
-    if not results.exists():
+    owner = owner_for(request)
+    results = selectors.results_for_archive(owner, batch=batch)
+    first = results.first()
+    if first is None:
+        selectors.batch_jobs_for_owner(owner, batch)  # 404 unless the batch is the requester's
         messages.info(request, "This batch has no results to download yet.")
         return redirect("studio:compare", batch=batch)
-    return _zip_response(results, f"portrait-studio-{jobs[0].operation}-batch-{str(batch)[:8]}.zip")
+    return _zip_response(results, f"portrait-studio-{first.job.operation}-batch-{str(batch)[:8]}.zip")
 
 
 def _zip_response(results, filename: str) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(archive.zip_chunks(results.iterator(chunk_size=50)), content_type="application/zip")
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    response["Cache-Control"] = "private, no-store"
-    return response
+    chunks = archive.zip_chunks(results.iterator(chunk_size=50))
+    return _attachment(StreamingHttpResponse(chunks, content_type="application/zip"), filename)
 
 
 @require_POST
