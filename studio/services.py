@@ -578,6 +578,20 @@ def owner_delete_everything(*, owner: Owner) -> dict[str, int]:
     return counts
 
 
+def account_delete(*, user) -> dict[str, int]:
+    """Delete an account: first everything it owns ("Delete everything"), then the user.
+
+    One transaction: either the account and all its work go, or nothing does.
+    allauth's e-mail addresses and confirmations go with the user (cascade).
+    """
+    from studio.ownership import Owner
+
+    with transaction.atomic():
+        counts = owner_delete_everything(owner=Owner(user_id=user.pk))
+        user.delete()
+    return counts
+
+
 # --- Style templates (saved prompt + seed + parameters) ------------------------------
 
 SAMPLE_PORTRAIT = Path(__file__).resolve().parent / "assets" / "sample-portrait.jpg"

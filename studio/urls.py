@@ -37,6 +37,7 @@ urlpatterns = [
     path("templates/<slug:slug>/cover", views_compare.template_cover, name="template_cover"),
     path("privacy/", views.privacy, name="privacy"),
     path("privacy/delete-everything", views.delete_everything, name="delete_everything"),
+    path("privacy/delete-account", views.account_delete, name="account_delete"),
     path("staff/", include("studio.console.urls")),
     path("styles/<int:style_id>/thumbnail", views.style_thumbnail, name="style_thumbnail"),
     # A photo for a vendor that fetches by URL (Vtrix): signed, minutes-long, nothing else.

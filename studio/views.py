@@ -12,8 +12,6 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login
-from django.contrib.auth.forms import UserCreationForm
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -509,6 +507,28 @@ def delete_everything(request):
     return redirect("studio:privacy")
 
 
+@require_POST
+def account_delete(request):
+    """Delete the signed-in account and all its work, after the password is typed again."""
+    from django.contrib.auth import logout
+
+    if not request.user.is_authenticated:
+        messages.error(request, "Log in first to delete your account.")
+        return redirect("studio:privacy")
+    if not request.user.check_password(request.POST.get("password", "")):
+        messages.error(request, "That is not your password; your account was not deleted.")
+        return redirect("studio:privacy")
+    email = request.user.email
+    counts = services.account_delete(user=request.user)
+    logout(request)
+    messages.success(
+        request,
+        f"Your account {email} was deleted, with {counts['photos']} photo(s), {counts['jobs']} job(s) and "
+        f"{counts['results']} result(s). Vendors that offer deletion were asked to delete their copies.",
+    )
+    return redirect("studio:privacy")
+
+
 # --- Public share pages ------------------------------------------------------
 
 
@@ -563,22 +583,6 @@ def share_before_image(request, token):
 def _image_response(field, content_type, *, download_name=None):
     """Called only after the ownership check: streams the file or redirects to a signed URL."""
     return media.serve(field, content_type, download_name=download_name)
-
-
-# --- Accounts -----------------------------------------------------------------
-
-
-@require_http_methods(["GET", "POST"])
-def signup(request):
-    if request.user.is_authenticated:
-        return redirect("studio:home")
-    form = UserCreationForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        user = form.save()
-        login(request, user)  # moves the visitor's work to the account (signals.py)
-        messages.success(request, "Welcome! Your photos and results are now saved to your account.")
-        return redirect("studio:gallery")
-    return render(request, "registration/signup.html", {"form": form})
 
 
 # --- Style catalogues (studio.styles) ---------------------------------------------
