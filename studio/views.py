@@ -23,7 +23,7 @@ from studio import archive, imaging, job_inputs, media, print_sheet, retention, 
 from studio.imaging import ImageRejected
 from studio.limits import limited
 from studio.models import Job, Photo, Style
-from studio.operations import OPERATIONS
+from studio.operations import OPERATIONS, SLOW_SECONDS, TYPICAL_SECONDS_BY_PROVIDER
 from studio.ownership import Owner, claimed_user_id, owner_for, session_signed_in_as, visitor_id
 from studio.vendors.base import PROVIDERS, get_provider
 
@@ -74,7 +74,31 @@ def _studio_context(request, *, photo=None, selected_op=None, values=None, error
         "selected_provider": _provider_for(op),
         "retention_hours": settings.STUDIO_RETENTION_HOURS,
         "photo_due_at": (lambda: retention.photo_due_at(photo)) if photo else None,
+        "notify": _notify_option(request, op),
     }
+
+
+def _notify_option(request, op) -> dict:
+    """The "E-mail me when it's done" box: offered to signed-in users with a verified address.
+
+    Ticked by default for operations that usually take over 30 s (measured, or
+    the provider's usual time); the page's script also ticks it when the picks
+    make a batch, unless the user touched it. A re-shown form keeps what was sent.
+    """
+    from studio.accounts import verified_email
+
+    email = verified_email(request.user)
+    if not email:
+        reason = (
+            "Confirm your e-mail address to use this (see the link we sent you)."
+            if request.user.is_authenticated
+            else "Log in to be e-mailed when it's done."
+        )
+        return {"allowed": False, "reason": reason, "checked": False}
+    typical = selectors.operation_typical_seconds(op.key) or TYPICAL_SECONDS_BY_PROVIDER.get(op.provider, 0)
+    slow = typical > SLOW_SECONDS
+    checked = request.POST.get("notify") == "1" if request.method == "POST" else slow
+    return {"allowed": True, "email": email, "checked": checked, "slow": slow}
 
 
 @require_GET
@@ -157,7 +181,8 @@ def job_create(request):
             # One job per picked style (job_inputs.py).
             runs = job_inputs.expand_runs(runs, op, inputs)
             jobs = services.job_create_batch(
-                owner=owner, photo=photo, runs=runs, reference_photo=inputs.reference_photo, mask=inputs.mask
+                owner=owner, photo=photo, runs=runs, reference_photo=inputs.reference_photo, mask=inputs.mask,
+                notify_email=request.POST.get("notify") == "1" and _notify_option(request, op)["allowed"],
             )
             job = jobs[0]
         except services.ServiceError as exc:
