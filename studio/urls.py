@@ -49,4 +49,5 @@ urlpatterns = [
     path("s/<str:token>/image", views.share_image, name="share_image"),
     path("s/<str:token>/before", views.share_before_image, name="share_before"),
     path("s/<str:token>/download", views.share_download, name="share_download"),
+    path("s/<str:token>/download.zip", views.share_zip, name="share_zip"),
 ]

@@ -22,7 +22,7 @@ from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 from studio import archive, imaging, job_inputs, media, print_sheet, retention, selectors, services, views_compare
 from studio.imaging import ImageRejected
 from studio.limits import limited
-from studio.models import Job, Photo, Style
+from studio.models import Job, Photo, Result, Style
 from studio.operations import OPERATIONS, SLOW_SECONDS, TYPICAL_SECONDS_BY_PROVIDER
 from studio.ownership import Owner, claimed_user_id, owner_for, session_signed_in_as, visitor_id
 from studio.vendors.base import PROVIDERS, get_provider
@@ -592,6 +592,18 @@ def share_download(request, token):
     if not link.allow_download:
         raise Http404("The owner did not allow downloads of this result.")
     response = _image_response(link.result.image, link.result.content_type, download_name=link.result.download_name())
+    response["X-Robots-Tag"] = "noindex"
+    return response
+
+
+@require_GET
+def share_zip(request, token):
+    """The shared result as a ZIP (full size and its 600×600 profile copy), when downloads are allowed."""
+    link = selectors.share_get_active(token)
+    if not link.allow_download:
+        raise Http404("The owner did not allow downloads of this result.")
+    results = Result.objects.filter(pk=link.result_id).select_related("job", "job__style_template")
+    response = _zip_response(results, f"{Path(link.result.download_name()).stem}.zip")
     response["X-Robots-Tag"] = "noindex"
     return response
 

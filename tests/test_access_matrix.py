@@ -133,6 +133,7 @@ MATRIX: dict[str, Rule] = {
     "studio:share_before": Rule("GET", everyone(404)),
     # This world's share link does not allow downloads; tests/test_archive.py shares one that does.
     "studio:share_download": Rule("GET", everyone(404)),
+    "studio:share_zip": Rule("GET", everyone(404)),
     # A short-lived signed link a vendor fetches the normalized photo by (holder of the link only)
     "studio:signed_media": Rule("GET", everyone(200)),
     # The "finished while you were away" feed: each sees only their own jobs
