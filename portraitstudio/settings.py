@@ -225,6 +225,8 @@ AUTHENTICATION_BACKENDS = [
 ]
 LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "studio:home"
+# A new account first sees its gallery, where what it made as a visitor now is.
+ACCOUNT_SIGNUP_REDIRECT_URL = "studio:gallery"
 ACCOUNT_LOGOUT_REDIRECT_URL = "studio:home"
 ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
@@ -238,6 +240,7 @@ ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
 ACCOUNT_SESSION_REMEMBER = True
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Portrait Studio] "
 ACCOUNT_ADAPTER = "studio.accounts.AccountAdapter"
+ACCOUNT_USER_DISPLAY = "studio.accounts.user_display"
 ACCOUNT_PRESERVE_USERNAME_CASING = False
 # Counted in the shared cache (database or Redis), so every web process sees the same
 # counts. Failed log-ins: 10 a minute from one address, 5 per account in 5 minutes;

@@ -36,3 +36,8 @@ def verified_email(user) -> str:
         return ""
     address = EmailAddress.objects.filter(user=user, verified=True).order_by("-primary").first()
     return address.email if address else ""
+
+
+def user_display(user) -> str:
+    """How allauth names a user in its messages: by the address they log in with."""
+    return user.email or user.get_username()
