@@ -14,7 +14,7 @@ from studio import limits
 
 LOCKED_OUT = (
     "Too many failed log-in attempts. Wait five minutes and try again, "
-    "or reset your password with the link below."
+    "or reset your password (\"Forgot your password?\" below the password field)."
 )
 
 
