@@ -177,3 +177,12 @@ def test_pages_use_the_site_layout(client):
         page = client.get(url).content.decode()
         assert 'class="topbar"' in page and 'data-testid="auth-panel"' in page, url
         assert "— Portrait Studio</title>" in page, url
+
+
+def test_a_flood_of_log_ins_from_one_address_gets_a_page_saying_to_wait(client):
+    """Past 30 log-in posts a minute from one address: HTTP 429 with the site's page, not a 500."""
+    statuses = [log_in(client, f"who{n}@example.com", "whatever-it-is").status_code for n in range(31)]
+    assert statuses[:30] == [200] * 30 and statuses[30] == 429
+    page = log_in(client, EMAIL, PASSWORD)
+    assert page.status_code == 429 and "Wait a minute and try again." in page.content.decode()
+    assert 'class="topbar"' in page.content.decode()
