@@ -60,6 +60,7 @@ def staff_only(staff_status=200) -> dict:
 
 
 OK_OR_REDIRECT = (200, 302)
+SIGNED_IN_ONLY = {"visitor": 302, "owner": 302, "user": 200, "staff": 200}  # anonymous: to the log-in page
 
 MATRIX: dict[str, Rule] = {
     # Public pages
@@ -81,9 +82,9 @@ MATRIX: dict[str, Rule] = {
     "account_reset_password_from_key": Rule("GET", everyone(200), other_method=None),
     "account_reset_password_from_key_done": Rule("GET", everyone(200)),
     # Signed in only: anonymous people are sent to the log-in page.
-    "account_change_password": Rule("GET", {"visitor": 302, "owner": 302, "user": 200, "staff": 200}, other_method=None),
-    "account_email": Rule("GET", {"visitor": 302, "owner": 302, "user": 200, "staff": 200}, other_method=None),
-    "account_reauthenticate": Rule("GET", {"visitor": 302, "owner": 302, "user": 200, "staff": 200}, other_method=None),
+    "account_change_password": Rule("GET", SIGNED_IN_ONLY, other_method=None),
+    "account_email": Rule("GET", SIGNED_IN_ONLY, other_method=None),
+    "account_reauthenticate": Rule("GET", SIGNED_IN_ONLY, other_method=None),
     # These users have a password: "set a password" sends them to "change password".
     "account_set_password": Rule("GET", everyone(302), other_method=None),
     # Log-in and re-authentication by code are not enabled: these only redirect.

@@ -28,7 +28,9 @@ EMAIL, PASSWORD, NEW_PASSWORD = "rae@example.com", "a-long-pass-phrase-31", "a-n
 NOTIFICATION_SPY = """
 window.__notes = [];
 window.__hidden = false;
-Object.defineProperty(Document.prototype, "visibilityState", {get() { return window.__hidden ? "hidden" : "visible"; }});
+Object.defineProperty(Document.prototype, "visibilityState", {
+  get() { return window.__hidden ? "hidden" : "visible"; },
+});
 Object.defineProperty(Document.prototype, "hidden", {get() { return window.__hidden; }});
 window.Notification = class {
   constructor(title, options) { window.__notes.push({title, body: (options || {}).body}); }
