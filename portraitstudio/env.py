@@ -85,3 +85,49 @@ def local_secret_key(data_dir: Path) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(key)
     return key
+
+
+# EMAIL_URL schemes: how the connection is secured, and the port used when the URL names none.
+_EMAIL_SCHEMES = {
+    "smtp": {"use_tls": False, "use_ssl": False, "port": 25},
+    "smtp+tls": {"use_tls": True, "use_ssl": False, "port": 587},  # STARTTLS
+    "submission": {"use_tls": True, "use_ssl": False, "port": 587},
+    "smtps": {"use_tls": False, "use_ssl": True, "port": 465},  # TLS from the first byte
+}
+
+
+def env_email_url(name: str) -> dict | None:
+    """EMAIL_URL (smtp://user:pass@host:port, smtp+tls://…, smtps://…, console:) as Django settings.
+
+    Returns None when the variable is empty. User and password may be
+    percent-encoded (an @ in a password is %40).
+    """
+    from urllib.parse import unquote, urlsplit
+
+    raw = env_secret(name, "")
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    scheme = parts.scheme.lower()
+    if scheme == "console":
+        return {"EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend"}
+    if scheme not in _EMAIL_SCHEMES:
+        raise ImproperlyConfigured(
+            f"{name} must start with {', '.join(s + '://' for s in _EMAIL_SCHEMES)} or console:, not {parts.scheme!r}"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} has a port that is not a number") from None
+    if not parts.hostname:
+        raise ImproperlyConfigured(f"{name} names no host")
+    mode = _EMAIL_SCHEMES[scheme]
+    return {
+        "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "EMAIL_HOST": parts.hostname,
+        "EMAIL_PORT": port or mode["port"],
+        "EMAIL_HOST_USER": unquote(parts.username or ""),
+        "EMAIL_HOST_PASSWORD": unquote(parts.password or ""),
+        "EMAIL_USE_TLS": mode["use_tls"],
+        "EMAIL_USE_SSL": mode["use_ssl"],
+    }

@@ -12,6 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from portraitstudio.env import (
     env_bool,
+    env_email_url,
     env_int,
     env_list,
     env_secret,
@@ -43,6 +44,9 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "django_q",
+    # Accounts: sign-up and log-in by e-mail, verification, password reset (studio/accounts.py).
+    "allauth",
+    "allauth.account",
     "studio",
 ]
 
@@ -55,6 +59,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
     # Runs before any view phase reads the body (CSRF reads POST in process_view).
     "studio.security.RequestSizeLimitMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -211,10 +216,69 @@ STUDIO_MAX_UPLOAD_MB = env_int("STUDIO_MAX_UPLOAD_MB", 25, minimum=1, maximum=20
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
 
-# --- Auth and sessions ----------------------------------------------------
-LOGIN_URL = "login"
+# --- Accounts (django-allauth; studio/accounts.py) ----------------------------
+# People sign up and log in with their e-mail address (no user name), and must
+# confirm it by the link sent to it before the first log-in.
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",  # the admin's log-in by user name
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "studio:home"
-LOGOUT_REDIRECT_URL = "studio:home"
+# A new account first sees its gallery, where what it made as a visitor now is.
+ACCOUNT_SIGNUP_REDIRECT_URL = "studio:gallery"
+ACCOUNT_LOGOUT_REDIRECT_URL = "studio:home"
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_EMAIL_VERIFICATION = "mandatory"
+# Confirming the address in the browser that signed up logs in there (which moves
+# the visitor's work into the account: studio/signals.py).
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
+ACCOUNT_CONFIRM_EMAIL_ON_GET = False  # a link scanner opening the link confirms nothing
+ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
+ACCOUNT_SESSION_REMEMBER = True
+ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Portrait Studio] "
+ACCOUNT_ADAPTER = "studio.accounts.AccountAdapter"
+ACCOUNT_USER_DISPLAY = "studio.accounts.user_display"
+ACCOUNT_PRESERVE_USERNAME_CASING = False
+# Counted in the shared cache (database or Redis), so every web process sees the same
+# counts. Failed log-ins: 10 a minute from one address, 5 per account in 5 minutes;
+# past that the log-in form says so (a form error, not an error page).
+ACCOUNT_RATE_LIMITS = {
+    "login": "30/m/ip",
+    "login_failed": "10/m/ip,5/5m/key",
+    "signup": "20/m/ip",
+    "reset_password": "20/m/ip,5/m/key",
+    "reset_password_from_key": "20/m/ip",
+    "change_password": "5/m/user",
+    "confirm_email": "1/3m/key",
+    "manage_email": "10/m/user",
+    "reauthenticate": "10/m/user",
+}
+
+# --- E-mail ---------------------------------------------------------------------
+# Printed to the console unless a server is configured: EMAIL_URL
+# (smtp://user:pass@host:port, smtp+tls://…, smtps://…) or the EMAIL_* settings.
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Portrait Studio <no-reply@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+EMAIL_HOST = env_str("EMAIL_HOST", "")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 20, minimum=1)
+EMAIL_BACKEND = (
+    "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST else "django.core.mail.backends.console.EmailBackend"
+)
+_email_url = env_email_url("EMAIL_URL")
+if _email_url:
+    globals().update(_email_url)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL cannot both be on")
+
+# --- Sessions ---------------------------------------------------------------
 SESSION_COOKIE_AGE = 60 * 60 * 24 * 90
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"

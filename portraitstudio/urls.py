@@ -7,6 +7,7 @@ urlpatterns = [
     # For load balancers: database, cache and media storage reachable? (200 or 503, JSON)
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
-    path("accounts/", include("studio.account_urls")),
+    # Sign-up, log-in, e-mail verification, password reset and change (django-allauth).
+    path("accounts/", include("allauth.account.urls")),
     path("", include("studio.urls")),
 ]

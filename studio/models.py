@@ -111,6 +111,11 @@ class Job(OwnedModel):
         "StyleTemplate", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
 
+    # "E-mail me when it's done": one e-mail per batch (or lone job) when its last job ends.
+    # notified_at is set on the batch's first job by the one process that sends it (studio/done_email.py).
+    notify_email = models.BooleanField(default=False)
+    notified_at = models.DateTimeField(null=True, blank=True)
+
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)

@@ -144,6 +144,8 @@ class Inputs:
 
 @dataclass(frozen=True)
 class Operation:
+    """One catalogue entry: what it runs on, its inputs and parameters."""
+
     key: str
     label: str
     summary: str
@@ -558,3 +560,11 @@ OPERATIONS: dict[str, Operation] = {op.key: op for op in _CATALOGUE}
 def get_operation(key: str) -> Operation:
     """The operation with this key; KeyError when there is none."""
     return OPERATIONS[key]
+
+
+# How long a job usually takes before this site has measured it (selectors.
+# operation_typical_seconds measures it from recent jobs): per provider, from
+# the vendors' documented timings. Past SLOW_SECONDS, "E-mail me when it's
+# done" is ticked by default.
+TYPICAL_SECONDS_BY_PROVIDER = {"local": 5, "perfectcorp": 20, "wavespeed": 40, "vtrix": 45, "headshot": 90}
+SLOW_SECONDS = 30

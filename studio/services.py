@@ -97,6 +97,7 @@ def job_create(
     rerun_of: Job | None = None,
     batch: uuid.UUID | None = None,
     style_template=None,
+    notify_email: bool = False,
 ) -> Job:
     """Queue a job and enqueue its task once the row is committed."""
     provider = get_provider(operation.provider)
@@ -124,6 +125,7 @@ def job_create(
         rerun_of=rerun_of,
         batch=batch,
         style_template=style_template,
+        notify_email=notify_email,
         stage="Waiting for a worker",
     )
     if mask is not None:
@@ -139,6 +141,7 @@ def job_create_batch(
     runs: list[tuple],
     reference_photo: Photo | None = None,
     mask: bytes | None = None,
+    notify_email: bool = False,
 ) -> list[Job]:
     """Several jobs from one submission (several styles, templates or providers).
 
@@ -161,6 +164,7 @@ def job_create_batch(
                 mask=mask,
                 batch=batch,
                 style_template=template[0] if template else None,
+                notify_email=notify_email,
             )
             for operation, params, *template in runs
         ]
@@ -262,12 +266,29 @@ def job_requeue(job_id, stage: str) -> bool:
 
 def job_mark_failed(job_id, message: str) -> bool:
     """Fail a job that is not yet terminal; True if this call did it."""
-    return (
+    failed = (
         Job.objects.filter(pk=job_id)
         .exclude(status__in=Job.TERMINAL)
         .update(status=Job.Status.FAILED, error_message=message, finished_at=timezone.now(), stage="")
         == 1
     )
+    if failed:
+        _after_job_ended(job_id)
+    return failed
+
+
+def _after_job_ended(job_id) -> None:
+    """Once the job's end is committed: the 'done' e-mail, if its batch asked for one and is finished."""
+
+    def notify():
+        from studio import done_email
+
+        try:
+            done_email.notify_if_finished(job_id)
+        except Exception:  # the job's own outcome stands whatever happens to the e-mail
+            log.exception("'done' e-mail check for job %s failed", job_id)
+
+    transaction.on_commit(notify)
 
 
 class _JobNoLongerRunning(Exception):
@@ -298,6 +319,7 @@ def _store_outputs(job: Job, outputs: list[Output]) -> None:
             if updated != 1:
                 # The sweeper failed the job, or another run took it over, meanwhile; keep that.
                 raise _JobNoLongerRunning
+            _after_job_ended(job.pk)
     except BaseException as exc:
         for field in written:
             field.storage.delete(field.name)
@@ -469,7 +491,11 @@ def jobs_sweep_stale() -> int:
     """Fail every job still unfinished past its deadline. Safe to run anywhere, any time."""
     cutoff = timezone.now() - timezone.timedelta(seconds=settings.STUDIO_JOB_DEADLINE_SECONDS)
     stale = Job.objects.exclude(status__in=Job.TERMINAL).filter(created_at__lt=cutoff)
-    return stale.update(status=Job.Status.FAILED, error_message=TIMED_OUT, finished_at=timezone.now(), stage="")
+    ids = list(stale.values_list("pk", flat=True))
+    swept = 0
+    for job_id in ids:  # one by one: each may finish a batch that asked to be told
+        swept += job_mark_failed(job_id, TIMED_OUT)
+    return swept
 
 
 # --- Results and sharing ----------------------------------------------------
@@ -575,6 +601,20 @@ def owner_delete_everything(*, owner: Owner) -> dict[str, int]:
         results.delete()
         Job.objects.filter(pk__in=[job.pk for job in jobs]).delete()
         Photo.objects.filter(owner.q()).delete()
+    return counts
+
+
+def account_delete(*, user) -> dict[str, int]:
+    """Delete an account: first everything it owns ("Delete everything"), then the user.
+
+    One transaction: either the account and all its work go, or nothing does.
+    allauth's e-mail addresses and confirmations go with the user (cascade).
+    """
+    from studio.ownership import Owner
+
+    with transaction.atomic():
+        counts = owner_delete_everything(owner=Owner(user_id=user.pk))
+        user.delete()
     return counts
 
 

@@ -40,11 +40,20 @@ def job_files_delete(sender, instance, **kwargs):
 
 @receiver(user_logged_in)
 def adopt_visitor_work(sender, request, user, **kwargs):
+    """Every log-in moves this browser's anonymous work into the account.
+
+    django-allauth sends user_logged_in for a log-in with the password and for
+    the log-in that confirming the address (after sign-up) makes in the
+    browser that signed up: the visitor's work follows on sign-up and on log-in.
+    """
+    from django.contrib import messages
+
     from studio.services import owner_adopt_visitor_work
 
     if request is not None and hasattr(request, "session"):
         visitor = request.session.pop(VISITOR_SESSION_KEY, "")
-        owner_adopt_visitor_work(user=user, visitor_id=visitor)
+        if owner_adopt_visitor_work(user=user, visitor_id=visitor) and hasattr(request, "_messages"):
+            messages.success(request, "Welcome! Your photos and results are now saved to your account.")
 
 
 @receiver(post_spawn)

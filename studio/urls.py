@@ -37,6 +37,7 @@ urlpatterns = [
     path("templates/<slug:slug>/cover", views_compare.template_cover, name="template_cover"),
     path("privacy/", views.privacy, name="privacy"),
     path("privacy/delete-everything", views.delete_everything, name="delete_everything"),
+    path("privacy/delete-account", views.account_delete, name="account_delete"),
     path("staff/", include("studio.console.urls")),
     path("styles/<int:style_id>/thumbnail", views.style_thumbnail, name="style_thumbnail"),
     # A photo for a vendor that fetches by URL (Vtrix): signed, minutes-long, nothing else.
@@ -48,4 +49,5 @@ urlpatterns = [
     path("s/<str:token>/image", views.share_image, name="share_image"),
     path("s/<str:token>/before", views.share_before_image, name="share_before"),
     path("s/<str:token>/download", views.share_download, name="share_download"),
+    path("s/<str:token>/download.zip", views.share_zip, name="share_zip"),
 ]

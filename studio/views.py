@@ -12,20 +12,18 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login
-from django.contrib.auth.forms import UserCreationForm
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
 from studio import archive, imaging, job_inputs, media, print_sheet, retention, selectors, services, views_compare
 from studio.imaging import ImageRejected
 from studio.limits import limited
-from studio.models import Job, Photo, Style
-from studio.operations import OPERATIONS
+from studio.models import Job, Photo, Result, Style
+from studio.operations import OPERATIONS, SLOW_SECONDS, TYPICAL_SECONDS_BY_PROVIDER
 from studio.ownership import Owner, claimed_user_id, owner_for, session_signed_in_as, visitor_id
 from studio.vendors.base import PROVIDERS, get_provider
 
@@ -76,7 +74,31 @@ def _studio_context(request, *, photo=None, selected_op=None, values=None, error
         "selected_provider": _provider_for(op),
         "retention_hours": settings.STUDIO_RETENTION_HOURS,
         "photo_due_at": (lambda: retention.photo_due_at(photo)) if photo else None,
+        "notify": _notify_option(request, op),
     }
+
+
+def _notify_option(request, op) -> dict:
+    """The "E-mail me when it's done" box: offered to signed-in users with a verified address.
+
+    Ticked by default for operations that usually take over 30 s (measured, or
+    the provider's usual time); the page's script also ticks it when the picks
+    make a batch, unless the user touched it. A re-shown form keeps what was sent.
+    """
+    from studio.accounts import verified_email
+
+    email = verified_email(request.user)
+    if not email:
+        reason = (
+            "Confirm your e-mail address to use this (see the link we sent you)."
+            if request.user.is_authenticated
+            else "Log in to be e-mailed when it's done."
+        )
+        return {"allowed": False, "reason": reason, "checked": False}
+    typical = selectors.operation_typical_seconds(op.key) or TYPICAL_SECONDS_BY_PROVIDER.get(op.provider, 0)
+    slow = typical > SLOW_SECONDS
+    checked = request.POST.get("notify") == "1" if request.method == "POST" else slow
+    return {"allowed": True, "email": email, "checked": checked, "slow": slow}
 
 
 @require_GET
@@ -159,7 +181,8 @@ def job_create(request):
             # One job per picked style (job_inputs.py).
             runs = job_inputs.expand_runs(runs, op, inputs)
             jobs = services.job_create_batch(
-                owner=owner, photo=photo, runs=runs, reference_photo=inputs.reference_photo, mask=inputs.mask
+                owner=owner, photo=photo, runs=runs, reference_photo=inputs.reference_photo, mask=inputs.mask,
+                notify_email=request.POST.get("notify") == "1" and _notify_option(request, op)["allowed"],
             )
             job = jobs[0]
         except services.ServiceError as exc:
@@ -509,6 +532,28 @@ def delete_everything(request):
     return redirect("studio:privacy")
 
 
+@require_POST
+def account_delete(request):
+    """Delete the signed-in account and all its work, after the password is typed again."""
+    from django.contrib.auth import logout
+
+    if not request.user.is_authenticated:
+        messages.error(request, "Log in first to delete your account.")
+        return redirect("studio:privacy")
+    if not request.user.check_password(request.POST.get("password", "")):
+        messages.error(request, "That is not your password; your account was not deleted.")
+        return redirect("studio:privacy")
+    email = request.user.email
+    counts = services.account_delete(user=request.user)
+    logout(request)
+    messages.success(
+        request,
+        f"Your account {email} was deleted, with {counts['photos']} photo(s), {counts['jobs']} job(s) and "
+        f"{counts['results']} result(s). Vendors that offer deletion were asked to delete their copies.",
+    )
+    return redirect("studio:privacy")
+
+
 # --- Public share pages ------------------------------------------------------
 
 
@@ -552,6 +597,18 @@ def share_download(request, token):
 
 
 @require_GET
+def share_zip(request, token):
+    """The shared result as a ZIP (full size and its 600×600 profile copy), when downloads are allowed."""
+    link = selectors.share_get_active(token)
+    if not link.allow_download:
+        raise Http404("The owner did not allow downloads of this result.")
+    results = Result.objects.filter(pk=link.result_id).select_related("job", "job__style_template")
+    response = _zip_response(results, f"{Path(link.result.download_name()).stem}.zip")
+    response["X-Robots-Tag"] = "noindex"
+    return response
+
+
+@require_GET
 def share_before_image(request, token):
     link = selectors.share_get_active(token)
     photo = link.result.job.photo
@@ -563,22 +620,6 @@ def share_before_image(request, token):
 def _image_response(field, content_type, *, download_name=None):
     """Called only after the ownership check: streams the file or redirects to a signed URL."""
     return media.serve(field, content_type, download_name=download_name)
-
-
-# --- Accounts -----------------------------------------------------------------
-
-
-@require_http_methods(["GET", "POST"])
-def signup(request):
-    if request.user.is_authenticated:
-        return redirect("studio:home")
-    form = UserCreationForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        user = form.save()
-        login(request, user)  # moves the visitor's work to the account (signals.py)
-        messages.success(request, "Welcome! Your photos and results are now saved to your account.")
-        return redirect("studio:gallery")
-    return render(request, "registration/signup.html", {"form": form})
 
 
 # --- Style catalogues (studio.styles) ---------------------------------------------

@@ -10,6 +10,7 @@ from django.test import Client
 
 from tests import images
 from tests.live import cluster, clusters, qcluster  # noqa: F401  (fixtures for any test)
+from tests.smtp import smtp_server  # noqa: F401  (a real SMTP server on 127.0.0.1, for any test)
 from tests.media import moto_endpoint, s3_media  # noqa: F401  (media on S3, for any test)
 from tests.test_browser import browser, portrait_file, shots_dir, studio  # noqa: F401  (for every browser test module)
 

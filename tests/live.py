@@ -85,6 +85,10 @@ class Cluster:
             # The test's backstop (tests/conftest.py), so a lost webhook costs a worker no more.
             STUDIO_WEBHOOK_BACKSTOP_SECONDS=str(django_settings.STUDIO_WEBHOOK_BACKSTOP_SECONDS),
         )
+        # E-mail goes where the test's goes (tests/smtp.py: a real SMTP server on 127.0.0.1).
+        if django_settings.EMAIL_BACKEND == "django.core.mail.backends.smtp.EmailBackend":
+            env["EMAIL_URL"] = f"smtp://{django_settings.EMAIL_HOST}:{django_settings.EMAIL_PORT}"
+            env["DEFAULT_FROM_EMAIL"] = django_settings.DEFAULT_FROM_EMAIL
         # REDIS_URL, the queue name and AWS_* come with os.environ; on S3 the
         # media "directory" is the test's own key prefix (tests/conftest.py).
         media = django_settings.STORAGES["default"]

@@ -101,6 +101,7 @@ def test_a_share_link_offers_the_download_only_when_its_owner_allows_it(owner_cl
     owner_client.post(f"/results/{result.pk}/share", {"enabled": "1"})
     token = result.share_links.get().token
     assert client.get(f"/s/{token}/download").status_code == 404
+    assert client.get(f"/s/{token}/download.zip").status_code == 404
     assert "share-download" not in client.get(f"/s/{token}").content.decode()
 
     owner_client.post(f"/results/{result.pk}/share", {"enabled": "1", "allow_download": "1"})
@@ -113,5 +114,15 @@ def test_a_share_link_offers_the_download_only_when_its_owner_allows_it(owner_cl
     with result.image.open("rb") as fh:
         assert fetched.body == fh.read()
 
+    # The ZIP: the result at full size and its profile copy, nothing else.
+    assert "share-zip" in page
+    archive = _zip(client.get(f"/s/{token}/download.zip"))
+    names = archive.namelist()
+    assert len(names) == 2 and names[0].startswith("full-size/") and names[1].startswith("profile-600/")
+    with result.image.open("rb") as fh:
+        assert archive.read(names[0]) == fh.read()
+    assert Image.open(io.BytesIO(archive.read(names[1]))).size == (600, 600)
+
     owner_client.post(f"/results/{result.pk}/share", {"enabled": "0"})
     assert client.get(f"/s/{token}/download").status_code == 404
+    assert client.get(f"/s/{token}/download.zip").status_code == 404

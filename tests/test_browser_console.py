@@ -17,6 +17,7 @@ from studio.models import Job
 from studio.operations import get_operation
 from studio.ownership import Owner
 from studio.vendors.base import PROVIDERS
+from tests import accounts_help
 from tests.browser_audit import assert_contrast
 from tests.test_browser import (
     _assert_no_horizontal_overflow,
@@ -43,7 +44,7 @@ def log_in_through_admin(page: Page, username: str, password: str, next_url: str
 
 
 def test_console_is_staff_only(studio):
-    User.objects.create_user("member", password="pw-member-12345")
+    accounts_help.verified_user("member@example.com", "pw-member-12345")
     # Anonymous: sent to the admin login, console never shown.
     page, guard = studio.page()
     guard.expect(r"/favicon\.ico$", 404)  # Django's admin login page links no icon
@@ -56,10 +57,10 @@ def test_console_is_staff_only(studio):
     member, member_guard = studio.page()
     member_guard.expect(r"/staff/", 404)
     member.goto("/accounts/login/")
-    member.get_by_label("Username").fill("member")
+    member.get_by_label("Email").fill("member@example.com")
     member.get_by_label("Password").fill("pw-member-12345")
     member.get_by_role("button", name="Log in").click()
-    expect(member.get_by_role("button", name=re.compile("Log out member"))).to_be_visible()
+    expect(member.get_by_role("button", name=re.compile("Log out member@example.com"))).to_be_visible()
     expect(member.get_by_role("link", name="Staff", exact=True)).to_have_count(0)
     for url in ("/staff/", "/staff/vendors/"):
         response = member.goto(url)

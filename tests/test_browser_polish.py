@@ -15,6 +15,7 @@ from playwright.sync_api import Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from studio.models import Job, Photo, Result
+from tests import accounts_help
 from tests.browser_audit import assert_contrast, assert_focus_visible
 from tests.test_browser import (
     DESKTOP,
@@ -271,7 +272,7 @@ def test_toast_when_a_job_finishes_while_on_the_gallery(studio, cluster, portrai
 # --- Accounts keep earlier work ---------------------------------------------------------------------
 
 
-def test_sign_up_and_log_in_keep_earlier_work(studio, qcluster, portrait_file):
+def test_sign_up_and_log_in_keep_earlier_work(studio, qcluster, portrait_file, smtp_server):
     page, guard = studio.page(**DESKTOP)
     upload_photo(page, portrait_file)
     choose_operation(page, "Studio retouch")
@@ -279,19 +280,25 @@ def test_sign_up_and_log_in_keep_earlier_work(studio, qcluster, portrait_file):
     wait_succeeded(page, first)
 
     page.get_by_role("link", name="Sign up").click()
-    page.locator("#id_username").fill("newcomer")
+    page.get_by_label("Email").fill("newcomer@example.com")
     page.locator("#id_password1").fill("a-long-pass-phrase-42")
     page.locator("#id_password2").fill("a-long-pass-phrase-42")
     page.get_by_role("button", name="Sign up").click()
+    # Signing up ends with confirming the address by the e-mailed link, in this browser.
+    expect(page.get_by_role("heading", name="Verify Your Email Address")).to_be_visible()
+    page.goto(accounts_help.confirmation_link(smtp_server, "newcomer@example.com"))
+    page.get_by_role("button", name="Confirm").click()
     expect(page).to_have_url(re.compile(r"/gallery/$"))
-    expect(page.locator(".message-success")).to_contain_text("Your photos and results are now saved to your account.")
+    expect(page.locator(".message-success", has_text="Welcome!")).to_contain_text(
+        "Your photos and results are now saved to your account."
+    )
     assert card_titles(page, "#gallery-grid") == ["Studio retouch"]
-    user = User.objects.get(username="newcomer")
+    user = User.objects.get(email="newcomer@example.com")
     assert Job.objects.get(pk=first).owner_user_id == user.pk
     wait_images(page)
 
     # Logged out, the work is not visible; new anonymous work joins the account at log-in.
-    page.get_by_role("button", name="Log out newcomer").click()
+    page.get_by_role("button", name="Log out newcomer@example.com").click()
     page.goto("/gallery/")
     expect(page.get_by_test_id("empty-state")).to_contain_text("Nothing here yet.")
     upload_photo(page, portrait_file)
@@ -299,7 +306,7 @@ def test_sign_up_and_log_in_keep_earlier_work(studio, qcluster, portrait_file):
     second = submit_job(page)
     wait_succeeded(page, second)
     page.get_by_role("link", name="Log in").click()
-    page.locator("#id_username").fill("newcomer")
+    page.get_by_label("Email").fill("newcomer@example.com")
     page.locator("#id_password").fill("a-long-pass-phrase-42")
     page.get_by_role("button", name="Log in").click()
     page.goto("/gallery/")

@@ -506,3 +506,54 @@
     });
   }, 1000);
 })();
+
+// --- "E-mail me when it's done", and a browser notification when a job ends unseen ---
+(function () {
+  "use strict";
+
+  // The box starts ticked for slow operations (data-slow); picks that make a
+  // batch (two or more templates or styles, or another service to compare
+  // with) tick it too, until the user ticks or unticks it by hand.
+  function picksMakeBatch(form) {
+    var templates = form.querySelectorAll('input[name="template"]:checked').length;
+    var compare = form.querySelectorAll('input[name="compare_with"]:checked').length;
+    var styles = form.querySelectorAll('.style-picker input[type="checkbox"]:checked').length;
+    return templates > 1 || compare > 0 || styles > 1;
+  }
+
+  document.addEventListener("change", function (event) {
+    var form = event.target.closest && event.target.closest("#operation-form");
+    if (!form) return;
+    var box = form.querySelector("[data-notify-box]");
+    if (!box || box.disabled) return;
+    if (event.target === box) { box.dataset.touched = "1"; return; }
+    if (!box.dataset.touched) box.checked = box.dataset.slow === "1" || picksMakeBatch(form);
+  });
+
+  // Asking for permission needs a user gesture: the submit with the box ticked is one.
+  document.addEventListener("submit", function (event) {
+    var box = event.target.querySelector && event.target.querySelector("[data-notify-box]");
+    if (box && box.checked && "Notification" in window && Notification.permission === "default") {
+      Notification.requestPermission();
+    }
+  }, true);
+
+  // A job card swapped in by its poll with a final status while this tab is
+  // hidden (the user is in another tab): tell them through the browser.
+  var told = {};
+  function maybeNotify(card) {
+    if (!card.matches || !card.matches('[data-testid="job-card"]')) return;
+    var status = card.dataset.status;
+    if (status !== "succeeded" && status !== "failed") return;
+    if (document.visibilityState !== "hidden" || told[card.id]) return;
+    if (!("Notification" in window) || Notification.permission !== "granted") return;
+    told[card.id] = true;
+    var title = (card.querySelector("h3") || {}).textContent || "Your job";
+    var note = new Notification("Portrait Studio", {
+      body: title.trim() + (status === "succeeded" ? " is done." : " failed."),
+      tag: card.id,
+    });
+    note.onclick = function () { window.focus(); note.close(); };
+  }
+  document.addEventListener("htmx:load", function (event) { maybeNotify(event.detail.elt); });
+})();
