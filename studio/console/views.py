@@ -85,17 +85,20 @@ def _aggregates(jobs) -> dict:
     failed = Count("id", filter=Q(status=Job.Status.FAILED))
     succeeded = Count("id", filter=Q(status=Job.Status.SUCCEEDED))
     finished = Q(finished_at__isnull=False, started_at__isnull=False)
+    # Perfect Corp charges units only for a task that succeeded (perfectcorp-v2.md §3).
+    units = Sum("units", filter=Q(status=Job.Status.SUCCEEDED))
     totals = jobs.aggregate(
         jobs=Count("id"),
         succeeded=succeeded,
         failed=failed,
         cost=Sum("cost"),
+        units=units,
         avg_duration=Avg(DURATION, filter=finished),
     )
     per_day = list(
         jobs.annotate(day=TruncDate("created_at"))
         .values("day")
-        .annotate(jobs=Count("id"), succeeded=succeeded, failed=failed, cost=Sum("cost"))
+        .annotate(jobs=Count("id"), succeeded=succeeded, failed=failed, cost=Sum("cost"), units=units)
         .order_by("-day")
     )
     per_provider = list(
@@ -105,7 +108,8 @@ def _aggregates(jobs) -> dict:
             succeeded=succeeded,
             failed=failed,
             cost=Sum("cost"),
-                avg_duration=Avg(DURATION, filter=finished),
+            units=units,
+            avg_duration=Avg(DURATION, filter=finished),
         )
         .order_by("provider")
     )
