@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 from django.conf import settings
 
+from studio.vendors import sandbox
 from studio.vendors.base import VendorError
 from studio.vendors.budget import BudgetTimeout
 from studio.vendors.emulators.perfectcorp_account import SANDBOX_API_KEY
@@ -193,8 +194,11 @@ def delete_job_tasks(provider, job) -> int:
     """
     if job_api_version(job) != "v2":
         return 0  # v1.0 offers no deletion (DELETION_NOTICE)
-    if bool(job.sandbox) != provider.is_sandboxed():
-        return 0  # an emulator's task is not at the real vendor, and the other way round
+    if job.sandbox and not sandbox.is_enabled():
+        return 0  # an emulator's task: nothing of it is at the real vendor
+    if not job.sandbox and sandbox.is_enabled():
+        # Sandbox mode reaches only the emulator; asked again for a day in case it is switched off.
+        raise VendorError("This job ran at the live Perfect Corp, which sandbox mode does not reach.", permanent=False)
     deleted, failures = 0, []
     for task_id in job_task_ids(job):
         try:
