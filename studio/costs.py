@@ -82,15 +82,21 @@ def _ask_refresh() -> None:
     transaction.on_commit(enqueue)
 
 
-def unit_cost(operation) -> Decimal | None:
-    """Units one run of this operation costs, from the kept copy; None when unknown."""
+def unit_cost(operation, *, ask: bool = True) -> Decimal | None:
+    """Units one run of this operation costs, from the kept copy; None when unknown.
+
+    `ask`: queue a refresh when the copy is missing or stale (the studio page does;
+    creating a job only reads, so it never adds vendor calls to a job's path).
+    """
     if operation is None or operation.provider not in PRICED or operation.provider not in PROVIDERS:
         return None
     provider = get_provider(operation.provider)
+    if provider.unavailable_reason() is not None:
+        return None
     kept = (cache.get(CACHE_KEY) or {}).get(operation.provider)
     current = kept is not None and kept.get("mode") == _mode(provider)
     read_at = parse_datetime(kept.get("at") or "") if kept else None
-    if not current or read_at is None or timezone.now() - read_at > FRESH_FOR:
+    if ask and (not current or read_at is None or timezone.now() - read_at > FRESH_FOR):
         _ask_refresh()
     if not current:
         return None

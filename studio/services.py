@@ -127,7 +127,7 @@ def job_create(
         stage="Waiting for a worker",
         # The vendor's price for one run as the user saw it (studio.costs), and which
         # of the vendor's APIs the job goes to (vendor-side deletion depends on it).
-        units=costs.unit_cost(operation),
+        units=costs.unit_cost(operation, ask=False),
         vendor_meta=provider.submission_meta(),
     )
     if mask is not None:
