@@ -29,6 +29,7 @@ from studio.vendors import perfectcorp_account as account
 from studio.vendors.base import VendorError, get_provider
 from studio.vendors.emulators.perfectcorp_account import SANDBOX_API_KEY, SKUS
 from tests.pc_support import hair_params, job_input, new_emulator, routed, run
+from tests.test_browser import browser, studio  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 OWNER = Owner(visitor_id="visitor-pc-account")
@@ -336,3 +337,36 @@ def test_the_console_totals_units_per_day_and_per_provider():
     html = response.content.decode()
     assert '<strong data-testid="total-units">5</strong>' in html
     assert '<td data-testid="day-units">3</td>' in html and '<td data-testid="day-units">2</td>' in html
+
+
+# --- in the browser ----------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_the_batch_total_follows_the_styles_picked_in_the_browser(studio, settings):
+    """Sandbox mode in real Chromium: the cost note under the form, and app.js keeping its total."""
+    from playwright.sync_api import expect
+
+    from studio import styles
+    from studio.vendors import sandbox
+
+    settings.STUDIO_SANDBOX = True
+    settings.PERFECTCORP_API_VERSION = "v2"  # hairstyle on v2.1: 2 units a run (v1's engine: 1)
+    sandbox.reset()
+    try:
+        (report,) = styles.styles_sync(feature="hair-style")
+        assert not report.error, report
+        costs.unit_costs_refresh()  # as the daily task does, from the sandbox emulator
+        page, _guard = studio.page()
+        page.goto("/?operation=pc_hairstyle")
+        note = page.get_by_test_id("cost-note")
+        expect(note).to_contain_text("At Perfect Corp this costs 2 units per run; in sandbox mode nothing is charged.")
+        expect(note.get_by_test_id("cost-total")).to_have_text("1 run (one per style you pick): 2 units in all.")
+        cards = page.get_by_test_id("style-picker-style_id").locator(".style-card")
+        for index in (0, 1, 2):
+            cards.nth(index).click()
+        expect(note.get_by_test_id("cost-total")).to_have_text("3 runs (one per style you pick): 6 units in all.")
+        cards.nth(1).click()  # unpicked again
+        expect(note.get_by_test_id("cost-total")).to_have_text("2 runs (one per style you pick): 4 units in all.")
+    finally:
+        sandbox.reset()
