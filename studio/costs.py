@@ -56,7 +56,8 @@ def unit_costs_refresh() -> dict[str, Decimal]:
         try:
             costs = provider.feature_costs()
         except Exception as exc:  # noqa: BLE001 - a price list must never break anything else
-            log.warning("reading %s's unit costs failed: %s", provider.label, getattr(exc, "message", type(exc).__name__))
+            reason = getattr(exc, "message", type(exc).__name__)
+            log.warning("reading %s's unit costs failed: %s", provider.label, reason)
             continue
         kept[key] = {
             "mode": _mode(provider),

@@ -6,9 +6,12 @@ Tasks are made by the real adapter through the emulator's task store; a job coun
 as v2 when it was submitted with PERFECTCORP_API_VERSION=v2 (job_create records it).
 """
 
+# ruff: noqa: F811  (fixtures imported from tests.test_browser are used as arguments)
+
 from __future__ import annotations
 
 import math
+import time
 from datetime import timedelta
 from decimal import Decimal
 
@@ -188,15 +191,25 @@ def test_a_job_with_several_tasks_deletes_each_and_sandbox_and_live_tasks_stay_a
     assert not later.value.permanent and emulator.counters["requests"] == before
 
 
+def test_a_deletion_waits_behind_jobs_for_the_request_budget_and_is_tried_later(pc, emulator, settings):
+    settings.PERFECTCORP_RATE_PER_TOKEN = settings.PERFECTCORP_RATE_PER_IP = 10
+    for _ in range(10):
+        pc.budget().take(urgent=True)  # running jobs used the whole window
+    started = time.monotonic()
+    with pytest.raises(VendorError) as later:
+        account.delete_task(pc, "some-task")
+    assert not later.value.permanent and "budget" in later.value.message
+    assert time.monotonic() - started < account.BUDGET_WAIT_S + 1  # gave up soon, not after the window
+    assert emulator.counters["requests"] == 0
+
+
 # --- deleting work deletes the v2 tasks --------------------------------------------------------
 
 
 def test_delete_everything_deletes_the_jobs_v2_tasks_in_the_emulator(emulator, photo):
     runs = [(get_operation("pc_hairstyle"), hair_params(emulator, index=i)) for i in range(2)]
     jobs = services.job_create_batch(owner=OWNER, photo=photo, runs=runs)
-    jobs.append(
-        services.job_create(owner=OWNER, photo=photo, operation=get_operation("pc_colorize"), params={})
-    )
+    jobs.append(services.job_create(owner=OWNER, photo=photo, operation=get_operation("pc_colorize"), params={}))
     task_ids = []
     for job in jobs:
         job.refresh_from_db()
@@ -222,9 +235,7 @@ def test_deleting_a_result_and_the_retention_purge_delete_their_tasks(emulator, 
     assert emulator.deleted_tasks == [job.vendor_task_id]
 
     other = services.photo_create(owner=OWNER, data=portrait_jpeg, filename="again.jpg")
-    purged = services.job_create(
-        owner=OWNER, photo=other, operation=get_operation("pc_colorize"), params={}
-    )
+    purged = services.job_create(owner=OWNER, photo=other, operation=get_operation("pc_colorize"), params={})
     purged.refresh_from_db()
     assert services.photos_purge_expired(now=timezone.now() + timedelta(days=30)) >= 1
     assert emulator.deleted_tasks == [job.vendor_task_id, purged.vendor_task_id]
@@ -322,8 +333,12 @@ def test_the_console_totals_units_per_day_and_per_provider():
         (yesterday, "succeeded", "2"),
     ]:
         Job.objects.create(
-            owner_visitor="v" * 32, operation="pc_hairstyle", provider="perfectcorp",
-            status=status, units=Decimal(units), created_at=created,
+            owner_visitor="v" * 32,
+            operation="pc_hairstyle",
+            provider="perfectcorp",
+            status=status,
+            units=Decimal(units),
+            created_at=created,
         )
     Job.objects.create(owner_visitor="v" * 32, operation="studio_retouch", provider="local", status="succeeded")
 

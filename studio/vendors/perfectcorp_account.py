@@ -35,7 +35,9 @@ from studio.vendors.http import UnreadableAnswer
 log = logging.getLogger(__name__)
 
 API_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
-BUDGET_WAIT_S = 30.0  # a background call that finds no room gives up and is tried later
+# A background call that finds no room in the budget soon gives up and is tried later (a
+# deletion run handles up to 100 rows; it must not sit on a worker while jobs use the budget).
+BUDGET_WAIT_S = 2.0
 MAX_PAGES = 50  # a runaway next_token must not loop forever
 # Job.vendor_meta key naming the API family a job was submitted on (set by job_create).
 API_MARK = "perfectcorp_api"
@@ -96,7 +98,7 @@ COST_PATHS: dict[str, dict[str, str]] = {
 
 
 def api_version() -> str:
-    """"v1" or "v2": the API family new jobs use (PERFECTCORP_API_VERSION, default v1)."""
+    """The API family new jobs use, "v1" or "v2" (PERFECTCORP_API_VERSION, default v1)."""
     version = str(getattr(settings, "PERFECTCORP_API_VERSION", "v1") or "v1").lower()
     return version if version in COST_PATHS else "v1"
 
@@ -126,7 +128,8 @@ def _call(provider, method: str, path: str, **kwargs) -> tuple[int, dict]:
         try:
             budget.take(None, deadline=time.time() + BUDGET_WAIT_S)
         except BudgetTimeout:
-            raise VendorError("Perfect Corp's request budget is in use by jobs; trying later.", permanent=False) from None
+            busy = "Perfect Corp's request budget is in use by jobs; trying later."
+            raise VendorError(busy, permanent=False) from None
 
     http = provider.http(
         sleep=provider.sleep,
