@@ -103,3 +103,13 @@ def unit_cost(operation, *, ask: bool = True) -> Decimal | None:
         return None
     units = kept["costs"].get(operation.key)
     return None if units is None else Decimal(units)
+
+
+def kept_summary() -> dict[str, dict]:
+    """Per priced provider: how many operations have a kept price, when and for what mode they
+    were read (staff console)."""
+    summary = {}
+    for key, kept in (cache.get(CACHE_KEY) or {}).items():
+        read_at = parse_datetime(kept.get("at") or "")
+        summary[key] = {"priced": len(kept.get("costs") or {}), "at": read_at, "mode": kept.get("mode", "")}
+    return summary

@@ -308,6 +308,15 @@ def test_the_studio_shows_the_unit_cost_before_submit_and_the_batch_total(pc, em
     assert 'data-testid="cost-note"' not in Client().get("/?operation=studio_retouch").content.decode()
 
 
+def test_the_vendor_panel_says_when_the_prices_were_read(pc, emulator):
+    costs.unit_costs_refresh()
+    staff = Client()
+    staff.force_login(User.objects.create_superuser("ops", "ops@example.com", "pw-ops-123456"))
+    page = staff.get("/staff/vendors/").content.decode()
+    shown = page.split('data-testid="vendor-prices">')[1].split("</dd>")[0]
+    assert shown.startswith("11 operations priced, read now") and "perfectcorp_api=v2" in shown
+
+
 def test_a_job_records_the_units_it_was_quoted(emulator, photo):
     costs.unit_costs_refresh()
     job = services.job_create(

@@ -17,7 +17,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from studio import services
+from studio import costs, services
 from studio.console.redaction import redact
 from studio.models import Job
 from studio.operations import OPERATIONS
@@ -209,6 +209,7 @@ def provider_rows() -> list[dict]:
     from studio.vendor_deletion import deletions_summary
 
     deletions = deletions_summary()
+    prices = costs.kept_summary()
     rows = []
     for key in PROVIDERS:
         row = {"key": key, "label": key, "status": {}, "load_error": "", "runs_locally": False}
@@ -239,6 +240,7 @@ def provider_rows() -> list[dict]:
             row["last_failure"]["error_message"] = redact(row["last_failure"]["error_message"])
         row["recent"] = recent.get(key, {"jobs": 0, "failed": 0})
         row["deletions"] = deletions.get(key)
+        row["prices"] = prices.get(key)
         rows.append(row)
     return rows
 
