@@ -96,6 +96,9 @@ class Job(OwnedModel):
     vendor_task_id = models.CharField(max_length=200, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     cost = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
+    # Vendor credit units one run costs (Perfect Corp charges units, not money), from the
+    # vendor's price list when the job was submitted (studio/costs.py); None when unknown.
+    units = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
     # What the vendor reported (inference time, usage, …), secrets never included.
     vendor_meta = models.JSONField(default=dict, blank=True)
     # The provider's own resume state (e.g. an uploaded file id), saved before each vendor call.

@@ -23,7 +23,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
-from studio import imaging, vendor_deletion, wakeup
+from studio import costs, imaging, vendor_deletion, wakeup
 from studio.errors import UserFacingError
 from studio.models import Job, Photo, Result, ShareLink, StyleTemplate
 from studio.operations import Operation
@@ -127,6 +127,10 @@ def job_create(
         style_template=style_template,
         notify_email=notify_email,
         stage="Waiting for a worker",
+        # The vendor's price for one run as the user saw it (studio.costs), and which
+        # of the vendor's APIs the job goes to (vendor-side deletion depends on it).
+        units=costs.unit_cost(operation, ask=False),
+        vendor_meta=provider.submission_meta(),
     )
     if mask is not None:
         job.mask.save(f"{job.pk}.png", ContentFile(mask), save=True)

@@ -117,6 +117,11 @@ def ensure_schedules(sender, app_config=None, **kwargs):
             "repeats": -1,
         },
     )
+    # Vendor prices shown before submit (studio.costs); the first run is at the first worker start.
+    Schedule.objects.update_or_create(
+        name="refresh-unit-costs",
+        defaults={"func": "studio.tasks.refresh_unit_costs", "schedule_type": Schedule.DAILY, "repeats": -1},
+    )
     # Vendor style catalogues change rarely; once a day keeps the vendor's rate limit free (studio.styles).
     Schedule.objects.update_or_create(
         name="sync-styles",

@@ -65,3 +65,10 @@ def sync_styles() -> str:
     from studio import styles
 
     return styles.sync_summary(styles.styles_sync())
+
+
+def refresh_unit_costs() -> dict:
+    """Daily (and when the kept copy is gone): the vendors' unit costs, for the studio page (studio.costs)."""
+    from studio import costs
+
+    return {key: str(units) for key, units in costs.unit_costs_refresh().items()}

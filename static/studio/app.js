@@ -136,6 +136,7 @@
         inputs.forEach(function (input) { if (input.checked) picked[input.value] = true; });
         var n = Object.keys(picked).length;
         if (count) count.textContent = n ? n + " selected" : "None selected";
+        updateCostTotal(picker, n);
       }
       inputs.forEach(function (input) {
         input.addEventListener("change", function () {
@@ -163,6 +164,19 @@
       }
       updateCount();
     });
+  }
+
+  // The batch total beside the unit cost (partials/cost_note.html): one run per picked style.
+  function updateCostTotal(picker, picked) {
+    var form = picker.closest("form");
+    var note = form && form.querySelector("[data-cost-multiple]");
+    var total = note && note.querySelector("[data-cost-total]");
+    if (!total) return;
+    var runs = Math.max(1, picked);
+    var units = parseFloat(note.dataset.costUnits) * runs;
+    var shown = String(Math.round(units * 100) / 100);
+    total.textContent = runs + (runs === 1 ? " run" : " runs") + " (one per style you pick): " +
+      shown + (shown === "1" ? " unit" : " units") + " in all.";
   }
 
   function wireReferenceInputs(root) {

@@ -17,7 +17,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from studio import services
+from studio import costs, services
 from studio.console.redaction import redact
 from studio.models import Job
 from studio.operations import OPERATIONS
@@ -85,17 +85,20 @@ def _aggregates(jobs) -> dict:
     failed = Count("id", filter=Q(status=Job.Status.FAILED))
     succeeded = Count("id", filter=Q(status=Job.Status.SUCCEEDED))
     finished = Q(finished_at__isnull=False, started_at__isnull=False)
+    # Perfect Corp charges units only for a task that succeeded (perfectcorp-v2.md §3).
+    units = Sum("units", filter=Q(status=Job.Status.SUCCEEDED))
     totals = jobs.aggregate(
         jobs=Count("id"),
         succeeded=succeeded,
         failed=failed,
         cost=Sum("cost"),
+        units=units,
         avg_duration=Avg(DURATION, filter=finished),
     )
     per_day = list(
         jobs.annotate(day=TruncDate("created_at"))
         .values("day")
-        .annotate(jobs=Count("id"), succeeded=succeeded, failed=failed, cost=Sum("cost"))
+        .annotate(jobs=Count("id"), succeeded=succeeded, failed=failed, cost=Sum("cost"), units=units)
         .order_by("-day")
     )
     per_provider = list(
@@ -105,7 +108,8 @@ def _aggregates(jobs) -> dict:
             succeeded=succeeded,
             failed=failed,
             cost=Sum("cost"),
-                avg_duration=Avg(DURATION, filter=finished),
+            units=units,
+            avg_duration=Avg(DURATION, filter=finished),
         )
         .order_by("provider")
     )
@@ -205,6 +209,7 @@ def provider_rows() -> list[dict]:
     from studio.vendor_deletion import deletions_summary
 
     deletions = deletions_summary()
+    prices = costs.kept_summary()
     rows = []
     for key in PROVIDERS:
         row = {"key": key, "label": key, "status": {}, "load_error": "", "runs_locally": False}
@@ -235,6 +240,7 @@ def provider_rows() -> list[dict]:
             row["last_failure"]["error_message"] = redact(row["last_failure"]["error_message"])
         row["recent"] = recent.get(key, {"jobs": 0, "failed": 0})
         row["deletions"] = deletions.get(key)
+        row["prices"] = prices.get(key)
         rows.append(row)
     return rows
 

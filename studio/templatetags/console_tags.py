@@ -29,6 +29,14 @@ def money(value):
 
 
 @register.filter
+def units(value):
+    """Vendor credit units as "12" or "1.5"; "—" when none were recorded."""
+    if value is None or value == "":
+        return "—"
+    return f"{Decimal(value).normalize():f}"
+
+
+@register.filter
 def fact(value) -> str:
     """A provider status value as readable text: request windows as "3 of 100 per 60 s", others plainly."""
     if isinstance(value, dict):

@@ -71,3 +71,30 @@ def toast_feed(context):
         "finished": [],
         "poll_seconds": POLL_SECONDS,
     }
+
+
+@register.simple_tag
+def cost_quote(op, values=None):
+    """What running `op` costs at its vendor (studio.costs), or None when unknown.
+
+    {"units": per run, "multiple": the name of a pick-several parameter (one run
+    each) or "", "runs": runs picked so far (at least 1), "total": units × runs}.
+    """
+    from studio.costs import unit_cost
+
+    units = unit_cost(op)
+    if units is None:
+        return None
+    multiple = next((p.name for p in op.params if p.multiple), "")
+    picked = (values or {}).get(multiple) if multiple else None
+    if isinstance(picked, (list, tuple)):
+        runs = len(set(map(str, picked)))
+    else:
+        runs = 1 if picked not in (None, "") else 0
+    runs = max(1, runs)
+    return {"units": _plain(units), "multiple": multiple, "runs": runs, "total": _plain(units * runs)}
+
+
+def _plain(number) -> str:
+    """2.00 → "2", 1.50 → "1.5", 20 → "20" (normalize alone would give "2E+1")."""
+    return f"{number.normalize():f}"

@@ -115,6 +115,10 @@ class Provider(ABC):
         """Ask the vendor to delete its copies of this job's files, where it offers that."""
         return None
 
+    def submission_meta(self) -> dict[str, Any]:
+        """Recorded on Job.vendor_meta when a job is created (e.g. which API family it goes to)."""
+        return {}
+
     @abstractmethod
     def submit(self, job: JobInput) -> Submission: ...
 

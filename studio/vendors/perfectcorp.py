@@ -34,7 +34,7 @@ from PIL import Image
 
 from studio import imaging
 from studio.imaging import FaceBox
-from studio.vendors import sandbox
+from studio.vendors import perfectcorp_account, sandbox
 from studio.vendors.base import JobInput, Output, Progress, Submission, VendorError
 from studio.vendors.budget import BudgetTimeout, CapacityWait, RequestBudget, Window
 from studio.vendors.http import UnreadableAnswer, VendorHttp, origin_of, pause
@@ -226,6 +226,19 @@ class PerfectCorpProvider(RemoteProvider):
         except Exception:  # the console must render even if the cache is unreachable
             log.exception("perfectcorp budget snapshot failed")
         return status
+
+    # --- v2 account calls: vendor-side deletion and unit costs (perfectcorp_account.py) ---------
+
+    deletion_notice = perfectcorp_account.DELETION_NOTICE
+
+    def delete_remote(self, job) -> None:
+        perfectcorp_account.delete_job_tasks(self, job)
+
+    def feature_costs(self) -> dict:
+        return perfectcorp_account.operation_costs(self)
+
+    def submission_meta(self) -> dict:
+        return perfectcorp_account.submission_meta()
 
     # --- HTTP: API calls counted in the budget, storage calls not ---------------------------
 

@@ -116,9 +116,17 @@ class Emulator:
 
     # --- routing -----------------------------------------------------------------
 
-    def route(self, method: str, pattern: str, handler: Callable[..., httpx.Response]) -> None:
-        """Register a handler; named groups in the regex become keyword arguments."""
-        self._routes.append(Route(method.upper(), re.compile(pattern + r"\Z"), handler))
+    def route(self, method: str, pattern: str, handler: Callable[..., httpx.Response], *, first: bool = False) -> None:
+        """Register a handler; named groups in the regex become keyword arguments.
+
+        Routes are tried in order; `first` puts this one ahead of every route so far
+        (a fixed path such as /task/delete before a /task/{feature} pattern).
+        """
+        route = Route(method.upper(), re.compile(pattern + r"\Z"), handler)
+        if first:
+            self._routes.insert(0, route)
+        else:
+            self._routes.append(route)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         """Answer one request: the generic faults around the vendor's own routes."""

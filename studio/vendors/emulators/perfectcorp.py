@@ -75,6 +75,7 @@ from cryptography.hazmat.primitives.asymmetric import padding as rsa_padding
 from cryptography.hazmat.primitives.asymmetric import rsa
 from PIL import Image
 
+from studio.vendors.emulators import perfectcorp_account
 from studio.vendors.emulators import perfectcorp_pictures as pictures
 from studio.vendors.emulators.base import Emulator, NetworkFault, json_response
 
@@ -220,6 +221,8 @@ class PerfectCorpEmulator(Emulator):
         self._engine_lock = threading.Lock()
         self.catalogue = self._seed_catalogue()
         self._add_routes()
+        # v2 task deletion and price list (perfectcorp_account.py); last, so the v2 key set exists.
+        perfectcorp_account.install(self)
 
     # --- routes ----------------------------------------------------------------------
 
