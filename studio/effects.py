@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from studio import segmentation
 from studio.errors import UserFacingError
 
 from studio.imaging import FaceBox
@@ -447,28 +448,71 @@ def _capped_size(cw: int, ch: int, ratio: tuple[int, int]) -> tuple[int, int]:
 def background_blur(
     image: Image.Image, faces: list[FaceBox], *, strength: float = 0.6, progress: Progress = None
 ) -> Image.Image:
-    """Portrait mode: segment the person (GrabCut from the face), blur everything else."""
+    """Portrait mode: find the person, blur everything else behind a soft edge."""
     report = _reporter(progress)
-    face = _largest(faces)
-    if face is None:
-        raise EffectError(NO_FACE_BLUR)
     rgb = _to_rgb(image)
     strength = _clamp01(strength)
     if strength == 0.0:
         report("Done", 1.0)
         return Image.fromarray(rgb.copy())
 
-    report("Finding the person", 0.1)
-    mask = person_mask(rgb, face, progress=report)
+    found = _find_person(rgb, faces, report)
     report("Blurring background", 0.75)
     sigma = max(1.0, 0.025 * strength * max(rgb.shape[:2]))
-    out = _composite_over_blur(rgb, mask, sigma)
+    out = _composite_over_blur(rgb, found.alpha, sigma)
     report("Done", 1.0)
-    return Image.fromarray(out)
+    return _tagged(Image.fromarray(out), found)
+
+
+def background_remove(image: Image.Image, faces: list[FaceBox], *, progress: Progress = None) -> Image.Image:
+    """A cut-out: the person on a transparent background (RGBA, soft edge)."""
+    report = _reporter(progress)
+    rgb = _to_rgb(image)
+    found = _find_person(rgb, faces, report)
+    report("Cleaning the edge", 0.75)
+    colour = segmentation.decontaminate(rgb, found.alpha)
+    alpha = np.clip(found.alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    report("Done", 1.0)
+    return _tagged(Image.fromarray(np.dstack([colour, alpha]), "RGBA"), found)
+
+
+def background_replace(
+    image: Image.Image, faces: list[FaceBox], *, backdrop: str = "studio_grey", progress: Progress = None
+) -> Image.Image:
+    """The person in front of a studio backdrop (solid colour, gradient or soft grey)."""
+    if backdrop not in segmentation.BACKDROPS:
+        raise ValueError(f"Unknown backdrop {backdrop!r}; choose one of {sorted(segmentation.BACKDROPS)}")
+    report = _reporter(progress)
+    rgb = _to_rgb(image)
+    found = _find_person(rgb, faces, report)
+    report("Placing you on the backdrop", 0.75)
+    h, w = rgb.shape[:2]
+    back = segmentation.render_backdrop(backdrop, w, h)
+    colour = segmentation.decontaminate(rgb, found.alpha)
+    out = cv2.blendLinear(colour, back, found.alpha, 1.0 - found.alpha)
+    report("Done", 1.0)
+    return _tagged(Image.fromarray(out), found)
+
+
+def _find_person(rgb: np.ndarray, faces: list[FaceBox], report) -> segmentation.PersonMask:
+    report("Finding the person", 0.1)
+    if not faces and not segmentation.model_available():
+        raise EffectError(NO_FACE_BLUR)  # GrabCut starts from the face
+    report("Separating person from background", 0.3)
+    return segmentation.person_mask(rgb, faces)
+
+
+def _tagged(image: Image.Image, found: segmentation.PersonMask) -> Image.Image:
+    """Say on the result which method found the person (the provider stores it)."""
+    image.info["segmentation"] = found.method
+    return image
 
 
 def person_mask(rgb: np.ndarray, face: FaceBox, progress: Progress = None) -> np.ndarray:
-    """Soft foreground mask (float32 0..1, full resolution) of the person owning `face`."""
+    """GrabCut's soft foreground mask (float32 0..1, full resolution) of the person owning `face`.
+
+    The fallback when the segmentation model is missing (studio.segmentation).
+    """
     report = _reporter(progress)
     h, w = rgb.shape[:2]
     # GrabCut's max-flow cost grows faster than the pixel count: ~400 px keeps it < 1 s.

@@ -16,6 +16,7 @@ from typing import Any
 from studio.errors import UserFacingError
 
 from studio.imaging import FaceBox
+from studio.segmentation import BACKDROPS
 
 # Formats a stored photo can have come from (see imaging.ACCEPTED_FORMATS).
 ALL_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "HEIF"})
@@ -155,6 +156,8 @@ class Operation:
     output_format: str = "JPEG"
     # A symbol name in static/studio/icons.svg (e.g. "hair"); any other text is shown as it is.
     icon: str = "sparkle"
+    # Which picker group it sits in (GROUPS): what it changes in the photo.
+    group: str = "portrait"
 
     def param(self, name: str) -> Param:
         for param in self.params:
@@ -176,6 +179,14 @@ class Operation:
                 errors[param.name] = exc.message
         return cleaned, errors
 
+
+# The picker's groups, in the order shown: what an operation changes.
+GROUPS: dict[str, str] = {
+    "portrait": "Portrait",
+    "hair": "Hair",
+    "background": "Background",
+    "create": "Create",
+}
 
 STRENGTH = Param(
     "strength",
@@ -239,8 +250,34 @@ LOCAL_OPERATIONS = (
                 help="How strongly the background is blurred.",
             ),
         ),
-        limits=InputLimits(min_faces=1),
         icon="blur",
+        group="background",
+    ),
+    Operation(
+        key="background_remove",
+        label="Cut-out",
+        summary="Removes the background on this server: a PNG of you with transparency.",
+        provider="local",
+        output_format="PNG",
+        icon="cutout",
+        group="background",
+    ),
+    Operation(
+        key="background_replace",
+        label="Studio backdrop",
+        summary="Puts you in front of a studio backdrop: soft grey, a plain colour or a gradient.",
+        provider="local",
+        params=(
+            Param(
+                "backdrop",
+                "Backdrop",
+                "choice",
+                "studio_grey",
+                choices=tuple((key, b.label) for key, b in BACKDROPS.items()),
+            ),
+        ),
+        icon="photo",
+        group="background",
     ),
 )
 
@@ -279,6 +316,7 @@ def _pc_hair(key: str, feature: str, label: str, style_label: str, summary: str,
         params=(_pc_style(feature, style_label),),
         limits=_PC_HAIR_LIMITS,
         icon=icon,
+        group="hair",
     )
 
 
@@ -350,6 +388,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
         inputs=Inputs(mask=True),
         limits=_PC_EDIT_LIMITS,
         icon="eraser",
+        group="background",
     ),
     Operation(
         key="pc_colorize",
@@ -367,6 +406,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
         limits=_PC_EDIT_LIMITS,
         output_format="PNG",
         icon="cutout",
+        group="background",
     ),
     Operation(
         key="pc_enhance",
@@ -406,6 +446,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
         inputs=Inputs(selfie=False, prompt_label="Describe the picture"),
         limits=InputLimits(),
         icon="generate",
+        group="create",
     ),
 )
 
@@ -500,6 +541,7 @@ WAVESPEED_OPERATIONS: tuple[Operation, ...] = (
         inputs=Inputs(prompt_label="Action, mood and setting"),
         limits=InputLimits(max_long_side=2048, max_bytes=10 * _MB, min_faces=1, max_faces=1),
         icon="character",
+        group="create",
     ),
 )
 
