@@ -71,3 +71,11 @@ def toast_feed(context):
         "finished": [],
         "poll_seconds": POLL_SECONDS,
     }
+
+
+@register.filter
+def segmentation_label(result) -> str:
+    """How the person was separated from the background for this result ("" when not a cut-out job)."""
+    from studio.segmentation import METHOD_LABELS
+
+    return METHOD_LABELS.get((getattr(result, "meta", None) or {}).get("segmentation"), "")
