@@ -36,6 +36,13 @@ NO_FACE_BLUR = (
     "visible face — try a well-lit, front-facing photo."
 )
 
+NO_PERSON = (
+    "We couldn't find where the person ends in this photo. Try a photo where the person "
+    "fills more of the frame, against a plainer background."
+)
+# A "person" covering less of the photo than this is noise, not someone to cut out.
+MIN_PERSON_SHARE = 0.01
+
 # Faces narrower than this fraction of the largest are treated as background people.
 BACKGROUND_FACE_RATIO = 0.35
 # Head extent around a Haar face box (measured on the astronaut portrait: the box
@@ -496,10 +503,15 @@ def background_replace(
 
 def _find_person(rgb: np.ndarray, faces: list[FaceBox], report) -> segmentation.PersonMask:
     report("Finding the person", 0.1)
-    if not faces and not segmentation.model_available():
-        raise EffectError(NO_FACE_BLUR)  # GrabCut starts from the face
+    if not faces:
+        # The face says which person to keep (and that there is one: the model alone
+        # takes a coffee cup's rim for a shoulder); GrabCut also starts from it.
+        raise EffectError(NO_FACE_BLUR)
     report("Separating person from background", 0.3)
-    return segmentation.person_mask(rgb, faces)
+    found = segmentation.person_mask(rgb, faces)
+    if (found.alpha > 0.5).mean() < MIN_PERSON_SHARE:
+        raise EffectError(NO_PERSON)
+    return found
 
 
 def _tagged(image: Image.Image, found: segmentation.PersonMask) -> Image.Image:

@@ -87,7 +87,8 @@ def person_mask(rgb: np.ndarray, faces: list[FaceBox], *, prefer_model: bool = T
     """Soft alpha of the person (or people) in the photo, and the method that found it."""
     if prefer_model and model_available():
         try:
-            return PersonMask(refine(rgb, model_probability(rgb)), MODEL)
+            alpha = refine(rgb, model_probability(rgb))
+            return PersonMask(_keep_people(alpha, faces) if faces else alpha, MODEL)
         except Exception:  # a broken install must not break the operation: fall back
             log.exception("person segmentation model failed; falling back to GrabCut")
     from studio import effects  # GrabCut lives with the rest of the classic effects
@@ -96,6 +97,25 @@ def person_mask(rgb: np.ndarray, faces: list[FaceBox], *, prefer_model: bool = T
     if face is None:
         raise effects.EffectError(effects.NO_FACE_BLUR)
     return PersonMask(effects.person_mask(rgb, face), GRABCUT)
+
+
+def _keep_people(alpha: np.ndarray, faces: list[FaceBox]) -> np.ndarray:
+    """Drop mask blobs that hold no detected face: a lamp or a chair back, not a person."""
+    hard = (alpha > 0.5).astype(np.uint8)
+    n, labels = cv2.connectedComponents(hard, connectivity=8)
+    if n <= 2:
+        return alpha
+    keep = np.zeros(n, bool)
+    for f in faces:
+        x0, y0 = max(0, int(f.x)), max(0, int(f.y))
+        box = labels[y0:int(f.y + f.h) + 1, x0:int(f.x + f.w) + 1]
+        keep[np.unique(box)] = True
+    keep[0] = False
+    if not keep.any():  # no face on the mask at all: trust the model rather than drop everything
+        return alpha
+    # Soft rims next to a kept blob stay; everything else that is not a kept blob goes.
+    near = cv2.dilate(keep[labels].astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    return np.where(near, alpha, 0.0).astype(np.float32)
 
 
 def refine(rgb: np.ndarray, prob: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ def test_model_matches_the_traced_outline():
 
 @pytest.mark.parametrize("case", truth.composited(), ids=lambda c: c.name)
 def test_model_finds_the_cut_out_on_other_backgrounds(case):
-    found = segmentation.person_mask(case.rgb, [])
+    found = segmentation.person_mask(case.rgb, _faces(case.rgb))
     assert truth.iou(found.alpha > 0.5, case.truth) >= 0.93
 
 
@@ -71,7 +71,7 @@ def test_without_the_model_grabcut_runs_and_says_so(no_model):
 
 def test_removal_alpha_matches_the_traced_mask():
     case = truth.traced()
-    out = effects.background_remove(Image.fromarray(case.rgb), [])
+    out = effects.background_remove(Image.fromarray(case.rgb), _faces(case.rgb))
     assert out.mode == "RGBA" and out.info["segmentation"] == segmentation.MODEL
     alpha = np.asarray(out)[..., 3]
     assert truth.iou(alpha > 127, case.truth) >= 0.95
@@ -81,7 +81,8 @@ def test_removal_alpha_matches_the_traced_mask():
 @pytest.mark.parametrize("key", sorted(segmentation.BACKDROPS))
 def test_replacement_puts_the_person_on_the_backdrop(key):
     case = truth.traced()
-    out = np.asarray(effects.background_replace(Image.fromarray(case.rgb), [], backdrop=key)).astype(float)
+    out = np.asarray(effects.background_replace(Image.fromarray(case.rgb), _faces(case.rgb), backdrop=key))
+    out = out.astype(float)
     back = segmentation.render_backdrop(key, case.rgb.shape[1], case.rgb.shape[0]).astype(float)
     inner, outer = _erode(case.truth, 12), _erode(~case.truth, 12)
     assert np.abs(out - back)[outer].mean() < 4  # the old backdrop is gone
@@ -90,7 +91,7 @@ def test_replacement_puts_the_person_on_the_backdrop(key):
 
 def test_blur_keeps_the_subject_sharp_and_softens_the_backdrop():
     case = truth.traced()
-    out = np.asarray(effects.background_blur(Image.fromarray(case.rgb), [], strength=0.6))
+    out = np.asarray(effects.background_blur(Image.fromarray(case.rgb), _faces(case.rgb), strength=0.6))
     inner, outer = _erode(case.truth, 12), _erode(~case.truth, 12)
     assert _sharpness(out, inner) > 0.85 * _sharpness(case.rgb, inner)
     assert _sharpness(out, outer) < 0.25 * _sharpness(case.rgb, outer)
@@ -98,7 +99,7 @@ def test_blur_keeps_the_subject_sharp_and_softens_the_backdrop():
 
 def test_unknown_backdrop_is_refused():
     with pytest.raises(ValueError):
-        effects.background_replace(Image.fromarray(truth.traced().rgb), [], backdrop="plaid")
+        effects.background_replace(Image.fromarray(truth.traced().rgb), _faces(truth.traced().rgb), backdrop="plaid")
 
 
 # ---------------------------------------------------------------- helpers
