@@ -158,6 +158,12 @@ class Operation:
     icon: str = "sparkle"
     # Which picker group it sits in (GROUPS): what it changes in the photo.
     group: str = "portrait"
+    # The picker tile's one line (the summary is shown once the operation is picked).
+    tagline: str = ""
+
+    @property
+    def one_line(self) -> str:
+        return self.tagline or self.summary
 
     def param(self, name: str) -> Param:
         for param in self.params:
@@ -203,6 +209,7 @@ STRENGTH = Param(
 LOCAL_OPERATIONS = (
     Operation(
         key="studio_retouch",
+        tagline="Light, colour, skin",
         label="Studio retouch",
         summary="Balances exposure and white balance, adds local contrast, smooths skin "
         "while keeping detail, and sharpens lightly.",
@@ -212,6 +219,7 @@ LOCAL_OPERATIONS = (
     ),
     Operation(
         key="headshot_crop",
+        tagline="Profile & passport",
         label="Headshot crop",
         summary="Crops around your face with proper head room, for profiles, CVs and "
         "passport photos (35×45 mm at 600 dpi).",
@@ -235,6 +243,7 @@ LOCAL_OPERATIONS = (
     ),
     Operation(
         key="background_blur",
+        tagline="Portrait mode",
         label="Background blur",
         summary="Portrait mode: keeps you sharp and blurs what is behind you.",
         provider="local",
@@ -256,6 +265,7 @@ LOCAL_OPERATIONS = (
     ),
     Operation(
         key="background_remove",
+        tagline="Transparent PNG",
         label="Cut-out",
         summary="Removes the background on this server: a PNG of you with transparency.",
         provider="local",
@@ -266,6 +276,7 @@ LOCAL_OPERATIONS = (
     ),
     Operation(
         key="background_replace",
+        tagline="Plain or gradient",
         label="Studio backdrop",
         summary="Puts you in front of a studio backdrop: soft grey, a plain colour or a gradient.",
         provider="local",
@@ -313,6 +324,7 @@ def _pc_style(catalogue: str, label: str, *, multiple: bool = True) -> Param:
 def _pc_hair(key: str, feature: str, label: str, style_label: str, summary: str, icon: str) -> Operation:
     return Operation(
         key=key,
+        tagline=HAIR_TAGLINES[key],
         label=label,
         summary=summary,
         provider="perfectcorp",
@@ -322,6 +334,14 @@ def _pc_hair(key: str, feature: str, label: str, style_label: str, summary: str,
         group="hair",
     )
 
+
+HAIR_TAGLINES = {
+    "pc_hairstyle": "Try a new haircut",
+    "pc_wig": "Try wigs on",
+    "pc_hair_extension": "Longer hair",
+    "pc_bangs": "Fringes and bangs",
+    "pc_hair_volume": "Fuller hair",
+}
 
 PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
     _pc_hair(
@@ -366,6 +386,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         key="pc_aging",
+        tagline="You at other ages",
         label="Aging series",
         summary="One selfie, a series of you at different ages, from young to old.",
         provider="perfectcorp",
@@ -376,6 +397,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         key="pc_makeup_transfer",
+        tagline="Copy a makeup look",
         label="Makeup transfer",
         summary="Copy the makeup look from any photo onto your face.",
         provider="perfectcorp",
@@ -385,6 +407,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         key="pc_object_removal",
+        tagline="Paint it out",
         label="Object removal",
         summary="Paint over what should go (a stranger, a sign, a stain); it is filled in naturally.",
         provider="perfectcorp",
@@ -395,6 +418,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         key="pc_colorize",
+        tagline="Colour for old photos",
         label="Colorize",
         summary="Brings black-and-white and faded photos back to colour.",
         provider="perfectcorp",
@@ -403,6 +427,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         key="pc_background_removal",
+        tagline="Transparent PNG (AI)",
         label="Background removal",
         summary="Cuts you out: a PNG with a transparent background.",
         provider="perfectcorp",
@@ -413,6 +438,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         key="pc_enhance",
+        tagline="Sharper, cleaner, bigger",
         label="Photo enhance",
         summary="Sharpens, denoises and fixes colours; optionally upscales 2× or 4×.",
         provider="perfectcorp",
@@ -431,6 +457,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         key="pc_image_generator",
+        tagline="A picture from words",
         label="Image generator",
         summary="Describe a picture and pick a style; no photo needed.",
         provider="perfectcorp",
@@ -478,6 +505,7 @@ def _prompt(label: str, default: str = "", help: str = "") -> Param:
 HEADSHOT_OPERATIONS: tuple[Operation, ...] = (
     Operation(
         key="ai_headshot",
+        tagline="Professional headshots",
         label="AI headshot",
         summary="Professional headshots of you in a style from the template library; the same "
         "template gives everyone the same look.",
@@ -519,6 +547,7 @@ HEADSHOT_OPERATIONS: tuple[Operation, ...] = (
 WAVESPEED_OPERATIONS: tuple[Operation, ...] = (
     Operation(
         key="ws_portrait",
+        tagline="Retouch by instruction",
         label="Portrait enhance",
         summary="Tell it what to change (light, skin, mood) and it retouches your portrait.",
         provider="wavespeed",
@@ -532,6 +561,7 @@ WAVESPEED_OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         key="ws_character",
+        tagline="You in any scene",
         label="Character",
         summary="You as a character in any scene: describe the action, mood and setting.",
         provider="wavespeed",
@@ -556,6 +586,7 @@ def _tenths(name: str, label: str, default: float, help: str) -> Param:
 VTRIX_OPERATIONS: tuple[Operation, ...] = (
     Operation(
         key="vtrix_spark_portrait",
+        tagline="HD face and even skin",
         label="Spark portrait",
         summary="HD face, skin beautification and even skin tone, each on its own slider.",
         provider="vtrix",
