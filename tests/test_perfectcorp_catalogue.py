@@ -150,7 +150,13 @@ def test_face_width_is_judged_at_the_size_the_vendor_gets():
 # --- The picker reads only the database -----------------------------------------------
 
 
-def test_picker_shows_db_styles_grouped_featured_first_and_hides_the_rest(owner_client, photo):
+@pytest.fixture
+def pc_configured(settings):
+    """Perfect Corp set up (keys present): its operations are offered in the picker."""
+    settings.PERFECTCORP_CLIENT_ID, settings.PERFECTCORP_CLIENT_SECRET = "client-id", "public-key"
+
+
+def test_picker_shows_db_styles_grouped_featured_first_and_hides_the_rest(owner_client, photo, pc_configured):
     make_style("hair-style", "Women", "30720000000001001", "Layered bob", group_id="20480000000000001", position=0)
     make_style("hair-style", "Women", BIG_ID, "Pixie", group_id="20480000000000001", position=1, featured=True)
     make_style("hair-style", "Women", "30720000000001005", "Secret", group_id="20480000000000001", hidden=True)
@@ -179,7 +185,7 @@ def test_picker_shows_db_styles_grouped_featured_first_and_hides_the_rest(owner_
     assert owner_client.get(f"/styles/{hidden.pk}/thumbnail").status_code == 404
 
 
-def test_picker_without_a_synced_catalogue_says_so(owner_client, photo):
+def test_picker_without_a_synced_catalogue_says_so(owner_client, photo, pc_configured):
     page = owner_client.get(f"/?photo={photo.pk}&operation=pc_wig").content.decode()
     assert 'data-testid="style-empty"' in page
 
