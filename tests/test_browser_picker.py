@@ -7,11 +7,14 @@ results at most two screens tall; on the phone two columns and a sticky run butt
 
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
+from PIL import Image
 from playwright.sync_api import expect
 
+from studio.models import Photo, Result
 from studio.vendors import sandbox
 from tests.test_browser import choose_operation, submit_job, upload_photo, wait_images, wait_succeeded
 
@@ -80,12 +83,28 @@ def test_visitor_picker_hides_what_cannot_run(studio, embedded_defaults, portrai
 def test_blur_and_backdrop_from_the_picker(studio, qcluster, embedded_defaults, portrait_file, shots_dir):
     page, _ = studio.page(**VIEWPORTS["desktop"])
     upload_photo(page, portrait_file)
+    jobs = []
     for label in ("Background blur", "Studio backdrop"):
         choose_operation(page, label)
         job_id = submit_job(page)
         wait_succeeded(page, job_id)
+        jobs.append(job_id)
     wait_images(page)
-    page.locator("[data-testid=job-card] .result-thumbs a").first.click()
+    page.locator(f"#job-{jobs[-1]} .result-thumbs a").first.click()
     expect(page.get_by_test_id("result-segmentation")).to_contain_text("person segmentation model")
     wait_images(page)
     page.screenshot(path=shots_dir / "result-backdrop-desktop.png", full_page=False)
+    # The README's before / blur / backdrop strip, from the files the worker stored.
+    strip = [_stored(Photo.objects.get().image)] + [_stored(Result.objects.get(job_id=j).image) for j in jobs]
+    side = 400
+    out = Image.new("RGB", (side * len(strip) + 8 * (len(strip) - 1), side), (255, 255, 255))
+    for i, img in enumerate(strip):
+        out.paste(img.convert("RGB").resize((side, side), Image.Resampling.LANCZOS), (i * (side + 8), 0))
+    out.save(shots_dir / "before-blur-backdrop.jpg", quality=85)
+
+
+def _stored(field) -> Image.Image:
+    with field.open("rb") as fh:
+        img = Image.open(io.BytesIO(fh.read()))
+        img.load()
+    return img
