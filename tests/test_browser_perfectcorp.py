@@ -166,6 +166,11 @@ def test_makeup_reference_and_object_removal_mask(studio, sandboxed, portrait_fi
     page.get_by_role("button", name="Undo").click()
     expect(page.get_by_test_id("mask-state")).to_have_text("Nothing painted yet")
     expect(page.locator("[data-mask-editor]")).to_have_attribute("data-mask-ready", "")
+    # Clicking Undo may have scrolled the page: find the canvas again before painting.
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    start = (box["x"] + box["width"] * 0.40, box["y"] + box["height"] * 0.70)
+    end = (box["x"] + box["width"] * 0.60, box["y"] + box["height"] * 0.70)
     page.mouse.move(*start)
     page.mouse.down()
     page.mouse.move(*end, steps=10)
