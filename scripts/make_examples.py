@@ -78,10 +78,19 @@ def _on_checkerboard(rgba: Image.Image) -> Image.Image:
     return board
 
 
-def _square(image: Image.Image) -> Image.Image:
+def _framed(image: Image.Image, photo_size: tuple[int, int]) -> Image.Image:
+    """A square of head, shoulders and background, so the change shows at tile size.
+
+    Results the size of the photo get the same framing as the "before"; others
+    (a crop, a generated picture) are shown whole, centred on their top part.
+    """
     w, h = image.size
-    side = min(w, h)
-    box = ((w - side) // 2, 0, (w - side) // 2 + side, side)  # keep the top: that is where the face is
+    if (w, h) == photo_size:
+        side = round(0.7 * min(w, h))
+        box = ((w - side) // 2, 0, (w - side) // 2 + side, side)
+    else:
+        side = min(w, h)
+        box = ((w - side) // 2, 0, (w - side) // 2 + side, side)
     return image.convert("RGB").crop(box).resize((HALF, HALF), Image.Resampling.LANCZOS)
 
 
@@ -89,10 +98,10 @@ def main() -> None:
     photo = Image.open(ROOT / "studio" / "assets" / "sample-portrait.jpg").convert("RGB")
     faces = imaging.detect_faces(photo)
     OUT.mkdir(parents=True, exist_ok=True)
-    before = _square(photo)
+    before = _framed(photo, photo.size)
     for key in OPERATIONS:
         try:
-            after = _square(_after(key, photo, faces))
+            after = _framed(_after(key, photo, faces), photo.size)
         except KeyError:
             print(f"skip {key}: no example maker (the picker shows its icon)")
             continue
