@@ -46,6 +46,15 @@ class ServiceError(UserFacingError):
     """A request that cannot be carried out; `message` is safe to show."""
 
 
+class OperationUnavailable(ServiceError):
+    """The operation's provider cannot run here. `message` is for visitors; `reason`
+    (which names the missing settings) is for staff: logs and the console."""
+
+    def __init__(self, reason: str):
+        super().__init__(UNAVAILABLE)
+        self.reason = reason
+
+
 # --- Photos -----------------------------------------------------------------
 
 
@@ -107,7 +116,7 @@ def job_create(
     if reason:
         # The reason names server settings: it is for staff (logs, console), not visitors.
         log.info("operation %s refused: %s", operation.key, reason)
-        raise ServiceError(UNAVAILABLE)
+        raise OperationUnavailable(reason)
     if photo is None:
         if operation.inputs.selfie:
             raise ServiceError("Upload a photo first.")

@@ -187,7 +187,7 @@ def job_retry(request, job_id):
     try:
         new_job = services.job_rerun(owner=owner, job=job, params=job.params)
     except services.ServiceError as exc:
-        messages.error(request, f"Not retried: {exc.message}")
+        messages.error(request, f"Not retried: {getattr(exc, 'reason', exc.message)}")
         return redirect("studio:console:job", job_id=job.pk)
     messages.success(request, "Retry queued as a new job for the same owner.")
     return redirect("studio:console:job", job_id=new_job.pk)
