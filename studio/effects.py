@@ -1,8 +1,9 @@
-"""The three local portrait operations, as pure functions on PIL images.
+"""The local portrait operations, as pure functions on PIL images.
 
 No Django, no database, no storage: each operation takes an RGB image and the
 detected faces (``FaceBox`` in pixels of that image, largest first) and
-returns a new RGB image. Photos that an operation cannot handle raise
+returns a new image (RGB; RGBA for the cut-out). Where the person ends comes
+from ``studio.segmentation``. Photos that an operation cannot handle raise
 ``EffectError`` whose ``message`` is safe to show to the user.
 
 Heavy per-pixel work on large photos is done on reduced copies (statistics,
