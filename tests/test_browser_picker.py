@@ -66,6 +66,13 @@ def test_visitor_picker_hides_what_cannot_run(studio, embedded_defaults, portrai
         print(f"{device} {step}: results start at {results_top:.0f} px ({results_top / options['viewport']['height']:.2f} screens)")
         assert results_top <= 2 * options["viewport"]["height"], (step, results_top)
 
+    # The other pages a visitor opens name no server settings either.
+    for url in ("/gallery/", "/privacy/", "/accounts/login/"):
+        assert page.goto(url).status == 200
+        for where in (page.content(), page.locator("body").inner_text()):
+            assert not SETTING_NAME.search(where), (url, SETTING_NAME.search(where).group(0))
+    upload_photo(page, portrait_file)
+
     columns = page.evaluate("getComputedStyle(document.querySelector('.op-grid')).gridTemplateColumns.split(' ').length")
     if device == "phone":
         assert columns == 2
