@@ -1,8 +1,9 @@
-"""The three local portrait operations, as pure functions on PIL images.
+"""The local portrait operations, as pure functions on PIL images.
 
 No Django, no database, no storage: each operation takes an RGB image and the
 detected faces (``FaceBox`` in pixels of that image, largest first) and
-returns a new RGB image. Photos that an operation cannot handle raise
+returns a new image (RGB; RGBA for the cut-out). Where the person ends comes
+from ``studio.segmentation``. Photos that an operation cannot handle raise
 ``EffectError`` whose ``message`` is safe to show to the user.
 
 Heavy per-pixel work on large photos is done on reduced copies (statistics,
@@ -19,6 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from studio import segmentation
 from studio.errors import UserFacingError
 
 from studio.imaging import FaceBox
@@ -34,6 +36,13 @@ NO_FACE_BLUR = (
     "We couldn't find a face in this photo. Portrait blur needs a photo with a clearly "
     "visible face — try a well-lit, front-facing photo."
 )
+
+NO_PERSON = (
+    "We couldn't find where the person ends in this photo. Try a photo where the person "
+    "fills more of the frame, against a plainer background."
+)
+# A "person" covering less of the photo than this is noise, not someone to cut out.
+MIN_PERSON_SHARE = 0.01
 
 # Faces narrower than this fraction of the largest are treated as background people.
 BACKGROUND_FACE_RATIO = 0.35
@@ -447,28 +456,76 @@ def _capped_size(cw: int, ch: int, ratio: tuple[int, int]) -> tuple[int, int]:
 def background_blur(
     image: Image.Image, faces: list[FaceBox], *, strength: float = 0.6, progress: Progress = None
 ) -> Image.Image:
-    """Portrait mode: segment the person (GrabCut from the face), blur everything else."""
+    """Portrait mode: find the person, blur everything else behind a soft edge."""
     report = _reporter(progress)
-    face = _largest(faces)
-    if face is None:
-        raise EffectError(NO_FACE_BLUR)
     rgb = _to_rgb(image)
     strength = _clamp01(strength)
     if strength == 0.0:
         report("Done", 1.0)
         return Image.fromarray(rgb.copy())
 
-    report("Finding the person", 0.1)
-    mask = person_mask(rgb, face, progress=report)
+    found = _find_person(rgb, faces, report)
     report("Blurring background", 0.75)
     sigma = max(1.0, 0.025 * strength * max(rgb.shape[:2]))
-    out = _composite_over_blur(rgb, mask, sigma)
+    out = _composite_over_blur(rgb, found.alpha, sigma)
     report("Done", 1.0)
-    return Image.fromarray(out)
+    return _tagged(Image.fromarray(out), found)
+
+
+def background_remove(image: Image.Image, faces: list[FaceBox], *, progress: Progress = None) -> Image.Image:
+    """A cut-out: the person on a transparent background (RGBA, soft edge)."""
+    report = _reporter(progress)
+    rgb = _to_rgb(image)
+    found = _find_person(rgb, faces, report)
+    report("Cleaning the edge", 0.75)
+    colour = segmentation.decontaminate(rgb, found.alpha)
+    alpha = np.clip(found.alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    report("Done", 1.0)
+    return _tagged(Image.fromarray(np.dstack([colour, alpha]), "RGBA"), found)
+
+
+def background_replace(
+    image: Image.Image, faces: list[FaceBox], *, backdrop: str = "studio_grey", progress: Progress = None
+) -> Image.Image:
+    """The person in front of a studio backdrop (solid colour, gradient or soft grey)."""
+    if backdrop not in segmentation.BACKDROPS:
+        raise ValueError(f"Unknown backdrop {backdrop!r}; choose one of {sorted(segmentation.BACKDROPS)}")
+    report = _reporter(progress)
+    rgb = _to_rgb(image)
+    found = _find_person(rgb, faces, report)
+    report("Placing you on the backdrop", 0.75)
+    h, w = rgb.shape[:2]
+    back = segmentation.render_backdrop(backdrop, w, h)
+    colour = segmentation.decontaminate(rgb, found.alpha)
+    out = cv2.blendLinear(colour, back, found.alpha, 1.0 - found.alpha)
+    report("Done", 1.0)
+    return _tagged(Image.fromarray(out), found)
+
+
+def _find_person(rgb: np.ndarray, faces: list[FaceBox], report) -> segmentation.PersonMask:
+    report("Finding the person", 0.1)
+    if not faces:
+        # The face says which person to keep (and that there is one: the model alone
+        # takes a coffee cup's rim for a shoulder); GrabCut also starts from it.
+        raise EffectError(NO_FACE_BLUR)
+    report("Separating person from background", 0.3)
+    found = segmentation.person_mask(rgb, faces)
+    if (found.alpha > 0.5).mean() < MIN_PERSON_SHARE:
+        raise EffectError(NO_PERSON)
+    return found
+
+
+def _tagged(image: Image.Image, found: segmentation.PersonMask) -> Image.Image:
+    """Say on the result which method found the person (the provider stores it)."""
+    image.info["segmentation"] = found.method
+    return image
 
 
 def person_mask(rgb: np.ndarray, face: FaceBox, progress: Progress = None) -> np.ndarray:
-    """Soft foreground mask (float32 0..1, full resolution) of the person owning `face`."""
+    """GrabCut's soft foreground mask (float32 0..1, full resolution) of the person owning `face`.
+
+    The fallback when the segmentation model is missing (studio.segmentation).
+    """
     report = _reporter(progress)
     h, w = rgb.shape[:2]
     # GrabCut's max-flow cost grows faster than the pixel count: ~400 px keeps it < 1 s.

@@ -16,6 +16,7 @@ from typing import Any
 from studio.errors import UserFacingError
 
 from studio.imaging import FaceBox
+from studio.segmentation import BACKDROPS
 
 # Formats a stored photo can have come from (see imaging.ACCEPTED_FORMATS).
 ALL_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "HEIF"})
@@ -157,6 +158,14 @@ class Operation:
     output_format: str = "JPEG"
     # A symbol name in static/studio/icons.svg (e.g. "hair"); any other text is shown as it is.
     icon: str = "sparkle"
+    # Which picker group it sits in (GROUPS): what it changes in the photo.
+    group: str = "portrait"
+    # The picker tile's one line (the summary is shown once the operation is picked).
+    tagline: str = ""
+
+    @property
+    def one_line(self) -> str:
+        return self.tagline or self.summary
 
     def param(self, name: str) -> Param:
         for param in self.params:
@@ -179,6 +188,14 @@ class Operation:
         return cleaned, errors
 
 
+# The picker's groups, in the order shown: what an operation changes.
+GROUPS: dict[str, str] = {
+    "portrait": "Portrait",
+    "hair": "Hair",
+    "background": "Background",
+    "create": "Create",
+}
+
 STRENGTH = Param(
     "strength",
     "Strength",
@@ -194,6 +211,7 @@ STRENGTH = Param(
 LOCAL_OPERATIONS = (
     Operation(
         key="studio_retouch",
+        tagline="Light, colour, skin",
         label="Studio retouch",
         summary="Balances exposure and white balance, adds local contrast, smooths skin "
         "while keeping detail, and sharpens lightly.",
@@ -203,6 +221,7 @@ LOCAL_OPERATIONS = (
     ),
     Operation(
         key="headshot_crop",
+        tagline="Profile & passport",
         label="Headshot crop",
         summary="Crops around your face with proper head room, for profiles, CVs and "
         "passport photos (35×45 mm at 600 dpi).",
@@ -226,6 +245,7 @@ LOCAL_OPERATIONS = (
     ),
     Operation(
         key="background_blur",
+        tagline="Portrait mode",
         label="Background blur",
         summary="Portrait mode: keeps you sharp and blurs what is behind you.",
         provider="local",
@@ -243,6 +263,37 @@ LOCAL_OPERATIONS = (
         ),
         limits=InputLimits(min_faces=1),
         icon="blur",
+        group="background",
+    ),
+    Operation(
+        key="background_remove",
+        tagline="Transparent PNG",
+        label="Cut-out",
+        summary="Removes the background on this server: a PNG of you with transparency.",
+        provider="local",
+        output_format="PNG",
+        limits=InputLimits(min_faces=1),
+        icon="cutout",
+        group="background",
+    ),
+    Operation(
+        key="background_replace",
+        tagline="Plain or gradient",
+        label="Studio backdrop",
+        summary="Puts you in front of a studio backdrop: soft grey, a plain colour or a gradient.",
+        provider="local",
+        params=(
+            Param(
+                "backdrop",
+                "Backdrop",
+                "choice",
+                "studio_grey",
+                choices=tuple((key, b.label) for key, b in BACKDROPS.items()),
+            ),
+        ),
+        limits=InputLimits(min_faces=1),
+        icon="photo",
+        group="background",
     ),
 )
 
@@ -275,14 +326,24 @@ def _pc_style(catalogue: str, label: str, *, multiple: bool = True) -> Param:
 def _pc_hair(key: str, feature: str, label: str, style_label: str, summary: str, icon: str) -> Operation:
     return Operation(
         key=key,
+        tagline=HAIR_TAGLINES[key],
         label=label,
         summary=summary,
         provider="perfectcorp",
         params=(_pc_style(feature, style_label),),
         limits=_PC_HAIR_LIMITS,
         icon=icon,
+        group="hair",
     )
 
+
+HAIR_TAGLINES = {
+    "pc_hairstyle": "Try a new haircut",
+    "pc_wig": "Try wigs on",
+    "pc_hair_extension": "Longer hair",
+    "pc_bangs": "Fringes and bangs",
+    "pc_hair_volume": "Fuller hair",
+}
 
 PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
     _pc_hair(
@@ -327,6 +388,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         key="pc_aging",
+        tagline="You at other ages",
         label="Aging series",
         summary="One selfie, a series of you at different ages, from young to old.",
         provider="perfectcorp",
@@ -337,6 +399,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         key="pc_makeup_transfer",
+        tagline="Copy a makeup look",
         label="Makeup transfer",
         summary="Copy the makeup look from any photo onto your face.",
         provider="perfectcorp",
@@ -346,15 +409,18 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         key="pc_object_removal",
+        tagline="Paint it out",
         label="Object removal",
         summary="Paint over what should go (a stranger, a sign, a stain); it is filled in naturally.",
         provider="perfectcorp",
         inputs=Inputs(mask=True),
         limits=_PC_EDIT_LIMITS,
         icon="eraser",
+        group="background",
     ),
     Operation(
         key="pc_colorize",
+        tagline="Colour for old photos",
         label="Colorize",
         summary="Brings black-and-white and faded photos back to colour.",
         provider="perfectcorp",
@@ -363,15 +429,18 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         key="pc_background_removal",
+        tagline="Transparent PNG (AI)",
         label="Background removal",
         summary="Cuts you out: a PNG with a transparent background.",
         provider="perfectcorp",
         limits=_PC_EDIT_LIMITS,
         output_format="PNG",
         icon="cutout",
+        group="background",
     ),
     Operation(
         key="pc_enhance",
+        tagline="Sharper, cleaner, bigger",
         label="Photo enhance",
         summary="Sharpens, denoises and fixes colours; optionally upscales 2× or 4×.",
         provider="perfectcorp",
@@ -390,6 +459,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         key="pc_image_generator",
+        tagline="A picture from words",
         label="Image generator",
         summary="Describe a picture and pick a style; no photo needed.",
         provider="perfectcorp",
@@ -408,6 +478,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
         inputs=Inputs(selfie=False, prompt_label="Describe the picture"),
         limits=InputLimits(),
         icon="generate",
+        group="create",
     ),
 )
 
@@ -436,6 +507,7 @@ def _prompt(label: str, default: str = "", help: str = "") -> Param:
 HEADSHOT_OPERATIONS: tuple[Operation, ...] = (
     Operation(
         key="ai_headshot",
+        tagline="Professional headshots",
         label="AI headshot",
         summary="Professional headshots of you in a style from the template library; the same "
         "template gives everyone the same look.",
@@ -477,6 +549,7 @@ HEADSHOT_OPERATIONS: tuple[Operation, ...] = (
 WAVESPEED_OPERATIONS: tuple[Operation, ...] = (
     Operation(
         key="ws_portrait",
+        tagline="Retouch by instruction",
         label="Portrait enhance",
         summary="Tell it what to change (light, skin, mood) and it retouches your portrait.",
         provider="wavespeed",
@@ -490,6 +563,7 @@ WAVESPEED_OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         key="ws_character",
+        tagline="You in any scene",
         label="Character",
         summary="You as a character in any scene: describe the action, mood and setting.",
         provider="wavespeed",
@@ -502,6 +576,7 @@ WAVESPEED_OPERATIONS: tuple[Operation, ...] = (
         inputs=Inputs(prompt_label="Action, mood and setting"),
         limits=InputLimits(max_long_side=2048, max_bytes=10 * _MB, min_faces=1, max_faces=1),
         icon="character",
+        group="create",
     ),
 )
 
@@ -513,6 +588,7 @@ def _tenths(name: str, label: str, default: float, help: str) -> Param:
 VTRIX_OPERATIONS: tuple[Operation, ...] = (
     Operation(
         key="vtrix_spark_portrait",
+        tagline="HD face and even skin",
         label="Spark portrait",
         summary="HD face, skin beautification and even skin tone, each on its own slider.",
         provider="vtrix",

@@ -39,8 +39,20 @@ GENERIC_FAILURE = (
 TIMED_OUT = "This job took too long and was stopped. Please try again; if it keeps happening, pick another operation."
 
 
+UNAVAILABLE = "This operation isn't set up on this server right now. Please pick another one."
+
+
 class ServiceError(UserFacingError):
     """A request that cannot be carried out; `message` is safe to show."""
+
+
+class OperationUnavailable(ServiceError):
+    """The operation's provider cannot run here. `message` is for visitors; `reason`
+    (which names the missing settings) is for staff: logs and the console."""
+
+    def __init__(self, reason: str):
+        super().__init__(UNAVAILABLE)
+        self.reason = reason
 
 
 # --- Photos -----------------------------------------------------------------
@@ -103,7 +115,9 @@ def job_create(
     provider = get_provider(operation.provider)
     reason = provider.unavailable_reason()
     if reason:
-        raise ServiceError(reason)
+        # The reason names server settings: it is for staff (logs, console), not visitors.
+        log.info("operation %s refused: %s", operation.key, reason)
+        raise OperationUnavailable(reason)
     if photo is None:
         if operation.inputs.selfie:
             raise ServiceError("Upload a photo first.")

@@ -23,7 +23,7 @@ from studio import archive, imaging, job_inputs, media, print_sheet, retention, 
 from studio.imaging import ImageRejected
 from studio.limits import limited
 from studio.models import Job, Photo, Result, Style
-from studio.operations import OPERATIONS, SLOW_SECONDS, TYPICAL_SECONDS_BY_PROVIDER
+from studio.operations import GROUPS, OPERATIONS, SLOW_SECONDS, TYPICAL_SECONDS_BY_PROVIDER
 from studio.ownership import Owner, claimed_user_id, owner_for, session_signed_in_as, visitor_id
 from studio.vendors.base import PROVIDERS, get_provider
 
@@ -36,33 +36,55 @@ def _provider_for(op):
     return get_provider(op.provider) if op.provider in PROVIDERS else None
 
 
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "static" / "studio" / "examples"
+# Shown to visitors when some operations are hidden; the reasons (with setting names)
+# are for staff only, on the console's Vendors page.
+MORE_STYLES_LINE = "More styles — hair, headshots, characters — appear when this studio connects AI services."
+
+
+def _example_for(op) -> str | None:
+    """The static path of the operation's before/after picture (scripts/make_examples.py)."""
+    name = f"{op.key}.jpg"
+    return f"studio/examples/{name}" if (EXAMPLES_DIR / name).is_file() else None
+
+
 def _operation_choices():
-    """The catalogue for the picker, each with whether it can run and why not."""
-    choices = []
+    """The catalogue for the picker: operations that can run here, and how many can't."""
+    available, hidden = [], 0
     for op in OPERATIONS.values():
         provider = _provider_for(op)
-        choices.append(
-            {
-                "op": op,
-                "provider": provider,
-                "unavailable": provider.unavailable_reason()
-                if provider
-                else "This service isn't installed on this server.",
-            }
-        )
-    return choices
+        if provider is None or provider.unavailable_reason():
+            hidden += 1  # not offered to visitors at all; staff see why on the console
+            continue
+        available.append({"op": op, "provider": provider, "example": _example_for(op)})
+    return available, hidden
+
+
+def _operation_groups(available) -> list[dict]:
+    """The picker's groups (operations.GROUPS order) that have something to offer."""
+    groups = []
+    for key, label in GROUPS.items():
+        items = [item for item in available if item["op"].group == key]
+        if items:
+            groups.append({"key": key, "label": label, "items": items})
+    return groups
 
 
 def _studio_context(request, *, photo=None, selected_op=None, values=None, errors=None, form_error=""):
     owner = owner_for(request)
-    op = selected_op or next(iter(OPERATIONS.values()))
+    available, hidden = _operation_choices()
+    offered = [item["op"] for item in available]
+    # An operation that cannot run here is never preselected (nor picked by a crafted link).
+    op = selected_op if selected_op in offered else (offered[0] if offered else next(iter(OPERATIONS.values())))
     return {
         "photo": photo,
         # Callables: templates call them only when they render that part,
         # so fragments without these lists cost no queries for them.
         "recent_photos": lambda: selectors.photos_recent(owner),
         "recent_jobs": lambda: list(selectors.gallery_page(owner, per_page=6).object_list),
-        "operations": _operation_choices(),
+        "operation_groups": _operation_groups(available),
+        "hidden_operations": hidden,
+        "more_styles_line": MORE_STYLES_LINE,
         "selected_op": op,
         "values": values or views_compare.form_values(request, op),
         "style_templates": lambda: selectors.templates_for_operation(op.key),

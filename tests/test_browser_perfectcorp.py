@@ -166,6 +166,11 @@ def test_makeup_reference_and_object_removal_mask(studio, sandboxed, portrait_fi
     page.get_by_role("button", name="Undo").click()
     expect(page.get_by_test_id("mask-state")).to_have_text("Nothing painted yet")
     expect(page.locator("[data-mask-editor]")).to_have_attribute("data-mask-ready", "")
+    # Clicking Undo may have scrolled the page: find the canvas again before painting.
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    start = (box["x"] + box["width"] * 0.40, box["y"] + box["height"] * 0.70)
+    end = (box["x"] + box["width"] * 0.60, box["y"] + box["height"] * 0.70)
     page.mouse.move(*start)
     page.mouse.down()
     page.mouse.move(*end, steps=10)
@@ -224,14 +229,27 @@ def test_aging_series_background_removal_and_image_generator(studio, sandboxed, 
     wait_images(page)
 
 
-def test_unconfigured_vendor_is_disabled_with_its_reason(studio, settings, portrait_file, live_server):
+def test_unconfigured_vendor_is_hidden_with_its_reason_for_staff(studio, settings, portrait_file, live_server):
+    from django.contrib.auth.models import User
+
     settings.STUDIO_SANDBOX = False
     settings.PERFECTCORP_CLIENT_ID = settings.PERFECTCORP_CLIENT_SECRET = ""
     sandbox.reset()
     page, guard = studio.page()
     upload_photo(page, portrait_file)
-    card = page.locator(".op-card", has_text="Hairstyle try-on")
-    expect(card.locator("input")).to_be_disabled()
-    expect(card.locator(".op-why")).to_contain_text("PERFECTCORP_CLIENT_ID")
+    # Visitors: not offered, no setting names; one calm line instead.
+    expect(page.locator(".op-card", has_text="Hairstyle try-on")).to_have_count(0)
+    expect(page.get_by_test_id("op-more")).to_be_visible()
+    assert "PERFECTCORP_CLIENT_ID" not in page.content()
     expect(page.locator(".topbar .badge-sandbox")).to_have_count(0)
+    # Staff: the console's Vendors page names the operation and the missing settings.
+    from django.test import Client
+
+    client = Client()
+    client.force_login(User.objects.create_superuser("ops", "ops@example.com", "pw-ops-123456"))
+    staff, _ = studio.page()
+    staff.context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}])
+    staff.goto("/staff/vendors/")
+    hidden = staff.get_by_test_id("console-hidden-operations")
+    expect(hidden.locator('[data-op="pc_hairstyle"]')).to_contain_text("PERFECTCORP_CLIENT_ID")
     assert Job.objects.count() == 0

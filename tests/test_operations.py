@@ -57,3 +57,19 @@ def test_input_limits_explain_what_to_do():
     small = one_face.problems(faces=[FaceBox(0, 0, 60, 60)], source_format="JPEG")
     assert "too small" in small[0] and "128" in small[0]
     assert "JPEG" in one_face.problems(faces=[FaceBox(0, 0, 200, 200)], source_format="PNG")[0]
+
+
+def test_every_operation_has_a_picker_group_a_tagline_and_the_local_ones_an_example():
+    from pathlib import Path
+
+    from studio.operations import GROUPS, LOCAL_OPERATIONS
+
+    examples = Path(__file__).resolve().parent.parent / "static" / "studio" / "examples"
+    for op in OPERATIONS.values():
+        assert op.group in GROUPS, op.key
+        assert op.tagline and len(op.tagline) <= 24, op.key  # one short line on a phone tile
+    for op in LOCAL_OPERATIONS:
+        assert (examples / f"{op.key}.jpg").is_file(), op.key
+    assert {op.key for op in LOCAL_OPERATIONS if op.group == "background"} == {
+        "background_blur", "background_remove", "background_replace"}
+    assert get_operation("background_remove").output_format == "PNG"

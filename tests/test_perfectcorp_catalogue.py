@@ -150,7 +150,13 @@ def test_face_width_is_judged_at_the_size_the_vendor_gets():
 # --- The picker reads only the database -----------------------------------------------
 
 
-def test_picker_shows_db_styles_grouped_featured_first_and_hides_the_rest(owner_client, photo):
+@pytest.fixture
+def pc_configured(settings):
+    """Perfect Corp set up (keys present): its operations are offered in the picker."""
+    settings.PERFECTCORP_CLIENT_ID, settings.PERFECTCORP_CLIENT_SECRET = "client-id", "public-key"
+
+
+def test_picker_shows_db_styles_grouped_featured_first_and_hides_the_rest(owner_client, photo, pc_configured):
     make_style("hair-style", "Women", "30720000000001001", "Layered bob", group_id="20480000000000001", position=0)
     make_style("hair-style", "Women", BIG_ID, "Pixie", group_id="20480000000000001", position=1, featured=True)
     make_style("hair-style", "Women", "30720000000001005", "Secret", group_id="20480000000000001", hidden=True)
@@ -179,7 +185,7 @@ def test_picker_shows_db_styles_grouped_featured_first_and_hides_the_rest(owner_
     assert owner_client.get(f"/styles/{hidden.pk}/thumbnail").status_code == 404
 
 
-def test_picker_without_a_synced_catalogue_says_so(owner_client, photo):
+def test_picker_without_a_synced_catalogue_says_so(owner_client, photo, pc_configured):
     page = owner_client.get(f"/?photo={photo.pk}&operation=pc_wig").content.decode()
     assert 'data-testid="style-empty"' in page
 
@@ -603,18 +609,27 @@ def test_a_result_is_chained_into_another_feature_by_its_dst_id(owner_client, ph
     assert synced.counters["uploads"] == uploads_before  # the vendor's own copy was reused
 
 
-def test_unconfigured_vendor_is_shown_disabled_with_the_reason(owner_client, photo, settings):
+def test_unconfigured_vendor_is_hidden_from_visitors_and_explained_to_staff(owner_client, photo, settings):
     from studio.vendors import sandbox
 
     sandbox.reset()
     settings.STUDIO_SANDBOX = False
     settings.PERFECTCORP_CLIENT_ID = settings.PERFECTCORP_CLIENT_SECRET = ""
     page = owner_client.get(f"/?photo={photo.pk}").content.decode()
-    for key in PC_KEYS:
-        match = re.search(rf'value="{key}"[^>]*>', page)
-        assert match and "disabled" in match.group(0), key
-    assert "PERFECTCORP_CLIENT_ID" in page and "Sandbox" not in page
+    for key in PC_KEYS:  # not offered at all, not even disabled
+        assert f'value="{key}"' not in page, key
+    assert "PERFECTCORP_CLIENT_ID" not in page and "Sandbox" not in page
+    assert 'data-testid="op-more"' in page
+    # A crafted submission is refused without naming server settings.
     make_style("hair-style", "Women", BIG_ID, "Pixie")
     body = _run(owner_client, {"photo": photo.pk, "operation": "pc_hairstyle", "style_id": BIG_ID})
-    assert "isn&#x27;t set up on this server" in body
+    assert "isn&#x27;t set up on this server" in body and "PERFECTCORP_CLIENT_ID" not in body
     assert Job.objects.count() == 0
+    # Staff see which operations are hidden and why, settings named.
+    staff = User.objects.create_user("staffer", password="pw", is_staff=True)
+    client = Client()
+    client.force_login(staff)
+    console = client.get("/staff/vendors/").content.decode()
+    assert 'data-op="pc_hairstyle"' in console and "PERFECTCORP_CLIENT_ID" in console
+
+

@@ -149,8 +149,10 @@ def test_local_operations_use_sprite_icons_and_emoji_still_render():
         icon = "💇"
 
     assert ui_tags.op_icon(Legacy()) == '<span class="op-icon" aria-hidden="true">💇</span>'
+    # On the page each local tile shows its before/after picture (the icon when it has none).
     page = Client().get("/").content.decode()
-    assert page.count("studio/icons.svg#icon-") >= len(LOCAL_OPERATIONS)
+    assert page.count('class="op-example') >= len(LOCAL_OPERATIONS)
+    assert page.count("studio/examples/") >= len(LOCAL_OPERATIONS)
 
 
 # --- Contrast of the palette (WCAG AA) ----------------------------------------------------

@@ -309,3 +309,22 @@ def test_submit_fragment_skips_the_page_only_lists(owner_client, photo):
     page = queries_for(lambda: owner_client.get(f"/?photo={photo.pk}"))
     # The photo, the recent strip and the photo's deletion date, once each.
     assert sum('FROM "studio_photo"' in q for q in page) == 3
+
+
+def test_visitors_see_only_operations_that_can_run(owner_client, photo, settings):
+    """The embedded defaults (no keys, no sandbox): vendor operations are not offered at all."""
+    from studio.operations import OPERATIONS
+    from studio.vendors import sandbox
+
+    settings.STUDIO_SANDBOX = False
+    settings.PERFECTCORP_CLIENT_ID = settings.WAVESPEED_API_KEY = settings.VTRIX_API_KEY = ""
+    settings.HEADSHOT_API_KEY = ""
+    sandbox.reset()
+    # Even a link naming a hidden operation shows the first one that can run.
+    page = owner_client.get(f"/?photo={photo.pk}&operation=pc_hairstyle").content.decode()
+    offered = re.findall(r'name="operation" value="([a-z_]+)"', page)
+    assert offered == [k for k, op in OPERATIONS.items() if op.provider == "local"]
+    assert "disabled" not in re.search(r'<fieldset class="operation-picker">.*?</fieldset>', page, re.S).group(0)
+    assert "Run Studio retouch" in page and "_API_KEY" not in page and "CLIENT_ID" not in page
+    assert "More styles — hair, headshots, characters — appear when this studio connects AI services." in page
+    assert [g.lower() for g in re.findall(r'class="op-group-title"[^>]*>([^<]+)<', page)] == ["portrait", "background"]

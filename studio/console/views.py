@@ -191,7 +191,7 @@ def job_retry(request, job_id):
     try:
         new_job = services.job_rerun(owner=owner, job=job, params=job.params)
     except services.ServiceError as exc:
-        messages.error(request, f"Not retried: {exc.message}")
+        messages.error(request, f"Not retried: {getattr(exc, 'reason', exc.message)}")
         return redirect("studio:console:job", job_id=job.pk)
     messages.success(request, "Retry queued as a new job for the same owner.")
     return redirect("studio:console:job", job_id=new_job.pk)
@@ -261,11 +261,25 @@ def catalogue_links(request) -> list[dict]:
     return links
 
 
+def hidden_operations() -> list[dict]:
+    """Operations visitors don't see because they cannot run here, with the reason (settings named)."""
+    rows = []
+    for op in OPERATIONS.values():
+        try:
+            reason = get_provider(op.provider).unavailable_reason() if op.provider in PROVIDERS else (
+                "This service isn't installed on this server.")
+        except Exception as exc:  # a broken adapter: hidden, and the console says why
+            reason = f"The adapter could not be loaded: {type(exc).__name__}: {exc}"
+        if reason:
+            rows.append({"key": op.key, "label": op.label, "reason": reason})
+    return rows
+
+
 @require_GET
 @staff_only
 def vendors(request):
     return render(
         request,
         "studio/console/vendors.html",
-        {"providers": provider_rows(), "catalogue": catalogue_links(request)},
+        {"providers": provider_rows(), "catalogue": catalogue_links(request), "hidden": hidden_operations()},
     )

@@ -98,3 +98,11 @@ def cost_quote(op, values=None):
 def _plain(number) -> str:
     """2.00 → "2", 1.50 → "1.5", 20 → "20" (normalize alone would give "2E+1")."""
     return f"{number.normalize():f}"
+
+
+@register.filter
+def segmentation_label(result) -> str:
+    """How the person was separated from the background for this result ("" when not a cut-out job)."""
+    from studio.segmentation import METHOD_LABELS
+
+    return METHOD_LABELS.get((getattr(result, "meta", None) or {}).get("segmentation"), "")

@@ -10,6 +10,13 @@ EFFECTS = {
     "studio_retouch": effects.studio_retouch,
     "headshot_crop": effects.headshot_crop,
     "background_blur": effects.background_blur,
+    "background_remove": effects.background_remove,
+    "background_replace": effects.background_replace,
+}
+# How each output format is written; a cut-out keeps its alpha channel.
+ENCODERS = {
+    "JPEG": (lambda image: imaging.encode_jpeg(image, quality=92), "image/jpeg"),
+    "PNG": (imaging.encode_png, "image/png"),
 }
 
 
@@ -32,11 +39,15 @@ class LocalProvider(Provider):
         except effects.EffectError as exc:
             raise VendorError(exc.message, permanent=True) from exc
         job.report("Saving result", 0.95)
+        encode, content_type = ENCODERS[job.operation.output_format]
+        meta = {"width": result.width, "height": result.height}
+        if "segmentation" in result.info:  # which method found the person (shown on the result)
+            meta["segmentation"] = result.info["segmentation"]
         output = Output(
-            data=imaging.encode_jpeg(result, quality=92),
-            content_type="image/jpeg",
+            data=encode(result),
+            content_type=content_type,
             label=job.operation.label,
-            meta={"width": result.width, "height": result.height},
+            meta=meta,
         )
         return Submission(
             task_id=f"local-{job.job_id}",
