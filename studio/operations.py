@@ -47,10 +47,11 @@ class Param:
         if raw is None or raw == "":
             return self.default
         if self.kind == "style":
-            # Vendor ids exceed 2**53: kept as the exact digit string, never a number.
+            # Vendor ids exceed 2**53: kept as the exact string, never a number (Perfect
+            # Corp v1 ids are digits, its v2 template ids words like "good_template_001").
             # Whether the style exists (and is offered) is checked against the database.
             text = str(raw).strip()
-            if not (text.isascii() and text.isdigit() and len(text) <= 30):
+            if not (text.isascii() and len(text) <= 32 and text.replace("_", "").replace("-", "").isalnum()):
                 raise ParamError(f"Pick one of the offered options for {self.label}.")
             return text
         if self.kind in ("float", "int"):
