@@ -10,6 +10,7 @@ provider method, never an edit to views or templates.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +52,7 @@ class Param:
             # Corp v1 ids are digits, its v2 template ids words like "good_template_001").
             # Whether the style exists (and is offered) is checked against the database.
             text = str(raw).strip()
-            if not (text.isascii() and len(text) <= 32 and text.replace("_", "").replace("-", "").isalnum()):
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", text):
                 raise ParamError(f"Pick one of the offered options for {self.label}.")
             return text
         if self.kind in ("float", "int"):
