@@ -140,6 +140,9 @@ class InputLimits:
 class Inputs:
     selfie: bool = True
     reference_label: str = ""  # non-empty: a second photo is asked for under this label
+    # Non-empty: a second photo may stand in for the style pick, where the provider
+    # offers that (`Provider.style_reference_offered`, e.g. Perfect Corp v2's hairstyle).
+    style_reference_label: str = ""
     mask: bool = False
     prompt_label: str = ""  # non-empty: a text prompt is asked for
 
@@ -272,13 +275,16 @@ def _pc_style(catalogue: str, label: str, *, multiple: bool = True) -> Param:
     )
 
 
-def _pc_hair(key: str, feature: str, label: str, style_label: str, summary: str, icon: str) -> Operation:
+def _pc_hair(
+    key: str, feature: str, label: str, style_label: str, summary: str, icon: str, inputs: Inputs | None = None
+) -> Operation:
     return Operation(
         key=key,
         label=label,
         summary=summary,
         provider="perfectcorp",
         params=(_pc_style(feature, style_label),),
+        inputs=inputs or Inputs(),
         limits=_PC_HAIR_LIMITS,
         icon=icon,
     )
@@ -292,6 +298,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
         "Hairstyle",
         "See yourself with a new haircut: pick one or several styles from the catalogue.",
         "hair",
+        Inputs(style_reference_label="Or a photo of the hair you want"),
     ),
     _pc_hair(
         "pc_wig",

@@ -245,6 +245,11 @@ class PerfectCorpProvider(RemoteProvider):
         return PROTOCOLS[settings.PERFECTCORP_API_VERSION]
 
     @property
+    def style_reference_offered(self) -> bool:  # type: ignore[override]
+        """v2's hair-transfer takes a reference photo instead of a template (§3.1)."""
+        return self.protocol().name == "v2"
+
+    @property
     def required_settings(self) -> tuple[str, ...]:  # type: ignore[override]
         return self.protocol().required_settings
 
