@@ -316,3 +316,20 @@ def test_templates_are_listed_page_by_page_and_grouped_by_category(pc, emulator)
     assert all(s["thumb"] for s in styles)
     pages = [p for m, p in emulator.log if p == "/s2s/v2.1/task/template/hair-transfer"]
     assert len(pages) == 2, "26 templates at page_size 20, listed once per sync"
+
+
+def test_v2_needs_only_the_api_key(settings):
+    from studio.vendors import sandbox
+
+    settings.STUDIO_SANDBOX = False
+    sandbox.reset()
+    settings.PERFECTCORP_CLIENT_ID = settings.PERFECTCORP_CLIENT_SECRET = ""
+    settings.PERFECTCORP_API_KEY = ""
+    provider = PerfectCorpProvider()
+    assert "PERFECTCORP_API_KEY" in provider.unavailable_reason()
+    assert "CLIENT_ID" not in provider.unavailable_reason()
+    settings.PERFECTCORP_API_KEY = "sk-live-example"
+    assert provider.unavailable_reason() is None
+    assert provider.http().base_url == settings.PERFECTCORP_V2_BASE_URL
+    settings.PERFECTCORP_API_VERSION = "v1"
+    assert "PERFECTCORP_CLIENT_ID" in provider.unavailable_reason()
