@@ -61,6 +61,7 @@ import hashlib
 import hmac
 import io
 import json
+import random
 import re
 import secrets
 import threading
@@ -206,6 +207,7 @@ class PerfectCorpEmulator(V2Family, Emulator):
         self.timestamp_skew = 300.0
         self.engine_seconds = 3.0
         self.engine_seconds_by_feature: dict[str, float] = {}
+        self.engine_jitter = 0.0  # each task takes engine_seconds × (1 ± this), uniformly (benchmarks)
         self.polling_interval_ms = 1000
         self.lost_after = 10.0
         self.rate_per_token = (100, 60.0)  # (requests, window seconds)
@@ -667,7 +669,8 @@ class PerfectCorpEmulator(V2Family, Emulator):
             feature=name,
             client_id=self.client_id,
             created=self.clock.now(),
-            duration=self.engine_seconds_by_feature.get(name, self.engine_seconds),
+            duration=self.engine_seconds_by_feature.get(name, self.engine_seconds)
+            * (1 + random.uniform(-self.engine_jitter, self.engine_jitter)),
             inputs=inputs,
             params=params,
             output_ext=output_ext,
