@@ -333,3 +333,30 @@ def test_v2_needs_only_the_api_key(settings):
     assert provider.http().base_url == settings.PERFECTCORP_V2_BASE_URL
     settings.PERFECTCORP_API_VERSION = "v1"
     assert "PERFECTCORP_CLIENT_ID" in provider.unavailable_reason()
+
+
+def test_templates_sync_into_the_catalogue_with_cached_thumbnails(pc_local, emulator, settings):
+    from studio import styles
+    from studio.models import Style, StyleGroup
+
+    settings.PERFECTCORP_API_VERSION = "v1"
+    (report,) = styles.styles_sync(feature="hair-style")
+    assert not report.error and report.styles == 35
+    settings.PERFECTCORP_API_VERSION = "v2"
+    (report,) = styles.styles_sync(feature="hair-style")
+    assert not report.error, report
+    assert (report.groups, report.styles, report.thumbnails) == (3, 26, 26)
+    assert report.vanished == 35, "the v1 styles are no longer offered"
+    offered = styles.offered_groups("perfectcorp", "hair-style")
+    assert [g.name for g in offered] == ["Trending", "Classic", "Bold"]
+    ids = [s.style_id for g in offered for s in g.offered_styles]
+    assert sorted(ids) == sorted(emulator.template_ids("2.1/hair-transfer"))
+    style = Style.objects.get(style_id=ids[0])
+    with style.thumbnail.open("rb") as fh:
+        assert Image.open(fh).size[0] <= 256
+    assert StyleGroup.objects.filter(feature="hair-style", available=True).count() == 3
+    pages = [p for m, p in emulator.log if p == "/s2s/v2.1/task/template/hair-transfer"]
+    assert len(pages) == 2
+    # The sync drew its listing requests from the shared v2 budget (250 / 300 s).
+    windows = pc_local.budget().snapshot()["windows"]
+    assert windows[0]["limit"] == 250 and windows[0]["used"] >= 2
