@@ -25,7 +25,8 @@ nothing; this benchmark runs each job once, so such jobs are reported, not
 retried). The PUT of the photo and the result download go to storage and
 are not counted. Ratios are against "polling (adapter)" in the same run.
 
-Run: .venv/bin/python -m bench.pc_webhooks [--jobs 60] [--workers 20] [--engine 6] [--jitter 0.5] [--rate 250] [--modes adapter,1s,webhooks,lost]
+Run: .venv/bin/python -m bench.pc_webhooks [--jobs 60] [--workers 20] [--engine 6] [--jitter 0.5] [--rate 250]
+     [--modes adapter,1s,webhooks,lost]
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def run(*, mode: str, jobs: int, workers: int, engine: float, jitter: float, rat
     lock = threading.Lock()
     with emulator.serve(), sandbox.use("perfectcorp", emulator, over_http=True):
         # Without webhooks nothing is registered in the console: the emulator sends none.
-        emulator.webhook_url = settings.STUDIO_PUBLIC_URL + "/webhooks/perfectcorp/" if settings.PERFECTCORP_WEBHOOKS else ""
+        hooks = settings.PERFECTCORP_WEBHOOKS
+        emulator.webhook_url = settings.STUDIO_PUBLIC_URL + "/webhooks/perfectcorp/" if hooks else ""
         created = [
             services.job_create(owner=owner, photo=photo, operation=op, params={"style_id": template})
             for _ in range(jobs)

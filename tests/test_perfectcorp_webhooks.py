@@ -135,7 +135,8 @@ def test_deliveries_carry_a_valid_standard_webhooks_signature(client, settings):
     ((body, headers),) = captured
     settings.PERFECTCORP_WEBHOOK_SECRET = SANDBOX_WEBHOOK_SECRET
     post = {k: v for k, v in headers.items() if k != "Content-Type"}
-    assert client.post("/webhooks/perfectcorp/", data=body, content_type="application/json", headers=post).status_code == 200
+    sent = client.post("/webhooks/perfectcorp/", data=body, content_type="application/json", headers=post)
+    assert sent.status_code == 200
     forged = body.replace(b"success", b"error")
     assert (
         client.post("/webhooks/perfectcorp/", data=forged, content_type="application/json", headers=post).status_code

@@ -702,7 +702,9 @@ class PerfectCorpProvider(RemoteProvider):
         job.report(PROCESSING, 0.1)
         return Submission(task_id, self._running(job, feature, 0.1, elapsed=0.0, interval=0.0))
 
-    def _running(self, job: JobInput, feature: Feature, fraction: float, *, elapsed: float, interval: float) -> Progress:
+    def _running(
+        self, job: JobInput, feature: Feature, fraction: float, *, elapsed: float, interval: float
+    ) -> Progress:
         """A task still running: when to poll next, and whether a webhook will come first.
 
         With a webhook (v2) the job waits for it, and polls only as the backstop,
@@ -939,7 +941,9 @@ class PerfectCorpProvider(RemoteProvider):
         job.save_state(task_id=None)  # a new task, not the failed one (v2 reuses a saved task id)
         getattr(self, self.protocol().start)(job, feature, prepared, budget, attempt=attempt + 1)
         progress = self._running(job, feature, 0.1, elapsed=0.0, interval=0.0)
-        return Progress(False, "Retrying at Perfect Corp", 0.1, poll_after=progress.poll_after, webhook=progress.webhook)
+        return Progress(
+            False, "Retrying at Perfect Corp", 0.1, poll_after=progress.poll_after, webhook=progress.webhook
+        )
 
     def _download_all(self, job: JobInput, feature: Feature, result: dict) -> list[Output]:
         """v1: `result.results[].data[]` (each {url, dst_id, res_age}), custom_info beside them."""
@@ -1187,7 +1191,8 @@ class PerfectCorpProvider(RemoteProvider):
                 )
             budget.release(job.job_id)
             if code not in ENGINE_MESSAGES:
-                log.error("Perfect Corp engine error we don't know: %r (%s)", code[:80], str(data.get("error_message"))[:200])
+                detail = str(data.get("error_message"))[:200]
+                log.error("Perfect Corp engine error we don't know: %r (%s)", code[:80], detail)
             raise VendorError(ENGINE_MESSAGES.get(code, UNKNOWN_ENGINE_ERROR), permanent=True)
         if state != "running":
             log.warning("Perfect Corp reported an unknown task_status %r; treating it as running", state[:40])

@@ -168,7 +168,10 @@ class V2Family:
                     "feature": "v2", "content_type": content_type, "data": None, "created": now, "kind": "upload",
                 }
                 self.slots[slot] = {
-                    "file_id": file_id, "content_type": content_type, "expires": now + self.upload_url_ttl, "size": size,
+                    "file_id": file_id,
+                    "content_type": content_type,
+                    "expires": now + self.upload_url_ttl,
+                    "size": size,
                 }
             query = urlencode({"X-Amz-Expires": int(self.upload_url_ttl), "X-Amz-Signature": self._sign(slot)})
             headers = {"Content-Type": content_type, "Content-Length": str(size)}
@@ -177,7 +180,9 @@ class V2Family:
                     "content_type": content_type,
                     "file_name": entry["file_name"],
                     "file_id": file_id,
-                    "requests": [{"method": "PUT", "url": self.url(f"/storage/upload/{slot}?{query}"), "headers": headers}],
+                    "requests": [
+                        {"method": "PUT", "url": self.url(f"/storage/upload/{slot}?{query}"), "headers": headers}
+                    ],
                 }
             )
         self.counters["file_slots"] += len(answers)
