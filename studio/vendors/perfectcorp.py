@@ -669,7 +669,10 @@ class PerfectCorpProvider(RemoteProvider):
 
     def expected_requests(self, feature: Feature, job: JobInput) -> int:
         """File calls + the run + the polls the expected engine time needs."""
-        files = 0 if self._reusable_dst(job, feature) else len(feature.file_sets)
+        if self.protocol().name == "v2":  # no dst_id reuse; a hairstyle's reference photo is one more file
+            files = len(v2.files_for(job.operation.key, with_reference=self._takes_reference(job, feature)))
+        else:
+            files = 0 if self._reusable_dst(job, feature) else len(feature.file_sets)
         polls = max(1, math.ceil(self.expected_seconds(feature) / self._max_gap()))
         return files + 1 + polls
 
