@@ -267,3 +267,35 @@ def test_unconfigured_vendor_is_disabled_with_its_reason(studio, settings, portr
     expect(card.locator(".op-why")).to_contain_text("PERFECTCORP_CLIENT_ID")
     expect(page.locator(".topbar .badge-sandbox")).to_have_count(0)
     assert Job.objects.count() == 0
+
+
+def test_wig_extensions_bangs_volume_colorize_and_enhance(studio, sandboxed, version, portrait_file):
+    """The other six features, each submitted from the studio form and finished by the worker."""
+    for feature in ("wig", "hair-ext", "hair-bang", "hair-vol"):
+        (report,) = styles.styles_sync(feature=feature)
+        assert not report.error, report
+    page, guard = studio.page()
+    upload_photo(page, portrait_file)
+    ids = {}
+    for label in ("Wig try-on", "Hair extensions", "Bangs", "Hair volume"):
+        choose_operation(page, label)
+        page.get_by_test_id("style-picker-style_id").locator(".style-card").first.click()
+        (ids[label],) = submit_all(page)
+    for label in ("Colorize", "Photo enhance"):
+        choose_operation(page, label)
+        (ids[label],) = submit_all(page)
+    for job_id in ids.values():
+        wait_done(page, job_id, results=None)
+    jobs = {label: Job.objects.get(pk=job_id) for label, job_id in ids.items()}
+    assert all(job.results.count() >= 1 for job in jobs.values())
+    if version == "v2":
+        paths = {label: job.vendor_meta["perfectcorp_feature"] for label, job in jobs.items()}
+        assert paths == {
+            "Wig try-on": "v2.0/wig",
+            "Hair extensions": "v2.0/hair-ext",
+            "Bangs": "v2.0/hair-bang",
+            "Hair volume": "v2.0/hair-vol",
+            "Colorize": "v2.0/colorize",
+            "Photo enhance": "v2.0/enhance",
+        }
+    wait_images(page)
