@@ -396,6 +396,25 @@ PERFECTCORP_RATE_WINDOW_IP_S = env_int("PERFECTCORP_RATE_WINDOW_IP_S", 300, mini
 PERFECTCORP_TASK_LOST_AFTER_S = env_int("PERFECTCORP_TASK_LOST_AFTER_S", 10, minimum=1)
 # Access tokens live 2 hours; refresh well before.
 PERFECTCORP_TOKEN_REFRESH_S = env_int("PERFECTCORP_TOKEN_REFRESH_S", 6600, minimum=60)
+# Which protocol family (../shared/perfectcorp-v2.md): "v1" is the original s2s
+# v1.0 page (RSA id_token, CLIENT_ID/SECRET); "v2" uses PERFECTCORP_API_KEY as a
+# bearer token, the v2 file API and /s2s/v2.x/task/{feature} (studio/vendors/perfectcorp_v2.py).
+PERFECTCORP_API_VERSION = env_str("PERFECTCORP_API_VERSION", "v1").lower()
+if PERFECTCORP_API_VERSION not in ("v1", "v2"):
+    raise ImproperlyConfigured("PERFECTCORP_API_VERSION must be v1 or v2")
+PERFECTCORP_API_KEY = env_secret("PERFECTCORP_API_KEY", "")
+PERFECTCORP_V2_BASE_URL = env_url("PERFECTCORP_V2_BASE_URL", "https://yce-api-01.makeupar.com")
+# JSON object {operation key or v2 feature: "v2.0/feature"}: v2 paths the documents leave
+# unconfirmed (wig, standard object removal) or that Perfect Corp moves.
+PERFECTCORP_V2_FEATURES = env_str("PERFECTCORP_V2_FEATURES", "")
+# v2's one limit (§6): 250 requests per 300 s, per client IP and per API key.
+PERFECTCORP_V2_RATE_LIMIT = env_int("PERFECTCORP_V2_RATE_LIMIT", 250, minimum=1)
+PERFECTCORP_V2_RATE_WINDOW_S = env_int("PERFECTCORP_V2_RATE_WINDOW_S", 300, minimum=1)
+# v2 only: wait for the Standard Webhooks notification (needs PERFECTCORP_WEBHOOK_SECRET
+# or sandbox mode); polls then come at the webhook backstop, capped by the polling window.
+PERFECTCORP_WEBHOOKS = env_bool("PERFECTCORP_WEBHOOKS", True)
+# Sandbox: where the Perfect Corp emulator delivers v2 webhooks (empty: STUDIO_PUBLIC_URL/webhooks/perfectcorp/).
+PERFECTCORP_SANDBOX_WEBHOOK_URL = env_url("PERFECTCORP_SANDBOX_WEBHOOK_URL", "")
 
 # WaveSpeed (vendor-apis.md §2)
 WAVESPEED_BASE_URL = env_url("WAVESPEED_BASE_URL", "https://api.wavespeed.ai")

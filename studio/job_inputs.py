@@ -27,6 +27,7 @@ from studio import selectors, services, styles
 from studio.imaging import ImageRejected, encode_png
 from studio.models import Photo, Style
 from studio.operations import Operation
+from studio.vendors.base import get_provider
 
 REFERENCE_FIELD = "reference"  # the uploaded file
 REFERENCE_PHOTO_FIELD = "reference_photo"  # an already uploaded reference (kept across a failed submit)
@@ -50,7 +51,11 @@ class FormInputs:
 def collect(request, *, owner, op: Operation, photo: Photo | None, params: dict[str, Any]) -> FormInputs:
     """Read and check the generic inputs `op` declares; problems go to `.errors` by field."""
     found = FormInputs()
-    _collect_styles(request, op, found)
+    if _style_reference_given(request, op):
+        # A photo of the look stands in for the style pick (e.g. Perfect Corp v2's hairstyle).
+        _collect_reference(request, owner, op, found, label=op.inputs.style_reference_label)
+    else:
+        _collect_styles(request, op, found)
     if op.inputs.prompt_label:
         _collect_prompt(request, op, params, found)
     if op.inputs.reference_label:
@@ -149,9 +154,15 @@ def _collect_prompt(request, op: Operation, params: dict[str, Any], found: FormI
         found.prompt = text
 
 
-def _collect_reference(request, owner, op: Operation, found: FormInputs) -> None:
+def _style_reference_given(request, op: Operation) -> bool:
+    if not op.inputs.style_reference_label or not get_provider(op.provider).style_reference_offered:
+        return False
+    return bool(request.FILES.get(REFERENCE_FIELD) or request.POST.get(REFERENCE_PHOTO_FIELD))
+
+
+def _collect_reference(request, owner, op: Operation, found: FormInputs, *, label: str = "") -> None:
     upload = request.FILES.get(REFERENCE_FIELD)
-    label = op.inputs.reference_label
+    label = label or op.inputs.reference_label
     reference = None
     if upload is not None:
         if upload.size > settings.STUDIO_MAX_UPLOAD_MB * 1024 * 1024:

@@ -10,6 +10,7 @@ provider method, never an edit to views or templates.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,10 +49,11 @@ class Param:
         if raw is None or raw == "":
             return self.default
         if self.kind == "style":
-            # Vendor ids exceed 2**53: kept as the exact digit string, never a number.
+            # Vendor ids exceed 2**53: kept as the exact string, never a number (Perfect
+            # Corp v1 ids are digits, its v2 template ids words like "good_template_001").
             # Whether the style exists (and is offered) is checked against the database.
             text = str(raw).strip()
-            if not (text.isascii() and text.isdigit() and len(text) <= 30):
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", text):
                 raise ParamError(f"Pick one of the offered options for {self.label}.")
             return text
         if self.kind in ("float", "int"):
@@ -139,6 +141,9 @@ class InputLimits:
 class Inputs:
     selfie: bool = True
     reference_label: str = ""  # non-empty: a second photo is asked for under this label
+    # Non-empty: a second photo may stand in for the style pick, where the provider
+    # offers that (`Provider.style_reference_offered`, e.g. Perfect Corp v2's hairstyle).
+    style_reference_label: str = ""
     mask: bool = False
     prompt_label: str = ""  # non-empty: a text prompt is asked for
 
@@ -323,7 +328,9 @@ def _pc_style(catalogue: str, label: str, *, multiple: bool = True) -> Param:
     )
 
 
-def _pc_hair(key: str, feature: str, label: str, style_label: str, summary: str, icon: str) -> Operation:
+def _pc_hair(
+    key: str, feature: str, label: str, style_label: str, summary: str, icon: str, inputs: Inputs | None = None
+) -> Operation:
     return Operation(
         key=key,
         tagline=HAIR_TAGLINES[key],
@@ -331,6 +338,7 @@ def _pc_hair(key: str, feature: str, label: str, style_label: str, summary: str,
         summary=summary,
         provider="perfectcorp",
         params=(_pc_style(feature, style_label),),
+        inputs=inputs or Inputs(),
         limits=_PC_HAIR_LIMITS,
         icon=icon,
         group="hair",
@@ -353,6 +361,7 @@ PERFECTCORP_OPERATIONS: tuple[Operation, ...] = (
         "Hairstyle",
         "See yourself with a new haircut: pick one or several styles from the catalogue.",
         "hair",
+        Inputs(style_reference_label="Or a photo of the hair you want"),
     ),
     _pc_hair(
         "pc_wig",

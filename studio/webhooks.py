@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core import signing
 from django.core.cache import cache
+from django.db.models import Q
 from django.urls import reverse
 
 from studio import wakeup, webhook_signatures
@@ -66,7 +67,10 @@ def perfectcorp_delivery(*, secret: str, headers, body: bytes, now: float | None
         log.info("Perfect Corp webhook %s delivered again; already handled", message_id)
         return 0
     woken = 0
-    for job_id in _running("perfectcorp").filter(vendor_task_id=task_id).values_list("pk", flat=True):
+    # The adapter saves a v2 task id in the job's state before the runner copies it
+    # to vendor_task_id (and a re-run's task only there): a fast task's webhook finds it either way.
+    matching = Q(vendor_task_id=task_id) | Q(vendor_state__task_id=task_id)
+    for job_id in _running("perfectcorp").filter(matching).values_list("pk", flat=True):
         wakeup.wake(job_id)
         woken += 1
     return woken

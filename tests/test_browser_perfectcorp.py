@@ -35,10 +35,22 @@ from tests.test_browser import (  # noqa: F401  (fixtures)
 pytestmark = [pytest.mark.browser, pytest.mark.qcluster]
 
 
+# What the catalogue looks like per protocol: v1 style groups, v2 template categories.
+GROUPS = {"v1": ["Women", "Men", "Short"], "v2": ["Trending", "Classic", "Bold"]}
+
+
+@pytest.fixture(params=["v1", "v2"])
+def version(request, settings):
+    """Every Perfect Corp feature runs on both protocol families (PERFECTCORP_API_VERSION)."""
+    settings.PERFECTCORP_API_VERSION = request.param
+    return request.param
+
+
 @pytest.fixture
-def sandboxed(settings, cluster):
+def sandboxed(settings, cluster, version):
     """Sandbox mode in this process (web) and in the worker, which is started here."""
     settings.STUDIO_SANDBOX = True
+    cluster.extra_env["PERFECTCORP_API_VERSION"] = version
     sandbox.reset()
     # The catalogues these tests pick from, synced before the worker starts.
     for feature in ("hair-style", "text-to-image"):
@@ -72,18 +84,21 @@ def wait_done(page: Page, job_id: str, results: int | None = 1) -> None:
         expect(card.locator(".result-thumbs img")).to_have_count(results)
 
 
-def test_hairstyle_catalogue_several_styles_give_several_results(studio, sandboxed, portrait_file, shots_dir):
+def test_hairstyle_catalogue_several_styles_give_several_results(
+    studio, sandboxed, version, portrait_file, shots_dir
+):
     page, guard = studio.page()
     upload_photo(page, portrait_file)
     expect(page.locator(".topbar .badge-sandbox")).to_have_text("Sandbox")
     choose_operation(page, "Hairstyle try-on")
     picker = page.get_by_test_id("style-picker-style_id")
-    expect(picker.locator(".style-group h4")).to_have_text(["Women", "Men", "Short"])
+    groups = GROUPS[version]
+    expect(picker.locator(".style-group h4")).to_have_text(groups)
     expect(picker.get_by_test_id("style-count")).to_have_text("None selected")
 
     # The group filter shows one group at a time.
-    picker.get_by_role("button", name="Short").click()
-    expect(picker.locator(".style-group:visible h4")).to_have_text(["Short"])
+    picker.get_by_role("button", name=groups[2]).click()
+    expect(picker.locator(".style-group:visible h4")).to_have_text([groups[2]])
     picker.get_by_role("button", name="All").click()
     expect(picker.locator(".style-group:visible")).to_have_count(3)
 
@@ -96,14 +111,16 @@ def test_hairstyle_catalogue_several_styles_give_several_results(studio, sandbox
     cards = picker.locator(".style-card")
     cards.nth(0).click()
     cards.nth(1).click()
-    keyboard_input = picker.locator("[data-style-input]").nth(25)  # in the second group
+    keyboard_input = picker.locator("[data-style-input]").nth(25)  # in another group
     keyboard_input.focus()
     page.keyboard.press("Space")
     expect(picker.get_by_test_id("style-count")).to_have_text("3 selected")
-    picker.screenshot(path=str(shots_dir / "pc-style-picker.png"))
+    picker.screenshot(path=str(shots_dir / f"pc-style-picker-{version}.png"))
     picked = [picker.locator("[data-style-input]").nth(i).get_attribute("value") for i in (0, 1, 25)]
-    # Exact ids, above 2**53, as strings.
-    assert all(int(value) > 2**53 for value in picked)
+    if version == "v1":  # exact ids, above 2**53, as strings
+        assert all(int(value) > 2**53 for value in picked)
+    else:  # v2 template ids, words
+        assert all(re.fullmatch(r"ht_tpl_\d{3}", value) for value in picked)
 
     ids = submit_all(page)
     assert len(ids) == 3
@@ -128,16 +145,31 @@ def test_hairstyle_catalogue_several_styles_give_several_results(studio, sandbox
     expect(card.locator("input")).to_be_enabled()
 
 
-def test_makeup_reference_and_object_removal_mask(studio, sandboxed, portrait_file, tmp_path, shots_dir):
+def test_makeup_reference_and_object_removal_mask(studio, sandboxed, version, portrait_file, tmp_path, shots_dir):
     page, guard = studio.page()
     upload_photo(page, portrait_file)
     photo = Photo.objects.get()
+    from tests import images
+
+    # Hairstyle from a photo of the hair you want: offered on v2 only, beside the style picker.
+    choose_operation(page, "Hairstyle try-on")
+    hair_reference = page.get_by_test_id("reference-input")
+    if version == "v1":
+        expect(hair_reference).to_have_count(0)
+    else:
+        hair = tmp_path / "hair.jpg"
+        hair.write_bytes(images.to_bytes(images.astronaut(scale=2), "JPEG"))
+        hair_reference.set_input_files(hair)
+        expect(page.locator("[data-reference-preview]")).to_be_visible()
+        (hair_id,) = submit_all(page)
+        wait_done(page, hair_id)
+        hair_job = Job.objects.get(pk=hair_id)
+        assert hair_job.reference_photo is not None and not hair_job.params.get("style_id")
+        page.goto(f"/?photo={photo.pk}")
 
     # Makeup transfer: a second photo, the look to copy.
     choose_operation(page, "Makeup transfer")
     look = tmp_path / "look.jpg"
-    from tests import images
-
     look.write_bytes(images.to_bytes(images.astronaut(scale=2).transpose(Image.Transpose.FLIP_LEFT_RIGHT), "JPEG"))
     page.get_by_test_id("reference-input").set_input_files(look)
     expect(page.locator("[data-reference-preview]")).to_be_visible()
@@ -253,3 +285,35 @@ def test_unconfigured_vendor_is_hidden_with_its_reason_for_staff(studio, setting
     hidden = staff.get_by_test_id("console-hidden-operations")
     expect(hidden.locator('[data-op="pc_hairstyle"]')).to_contain_text("PERFECTCORP_CLIENT_ID")
     assert Job.objects.count() == 0
+
+
+def test_wig_extensions_bangs_volume_colorize_and_enhance(studio, sandboxed, version, portrait_file):
+    """The other six features, each submitted from the studio form and finished by the worker."""
+    for feature in ("wig", "hair-ext", "hair-bang", "hair-vol"):
+        (report,) = styles.styles_sync(feature=feature)
+        assert not report.error, report
+    page, guard = studio.page()
+    upload_photo(page, portrait_file)
+    ids = {}
+    for label in ("Wig try-on", "Hair extensions", "Bangs", "Hair volume"):
+        choose_operation(page, label)
+        page.get_by_test_id("style-picker-style_id").locator(".style-card").first.click()
+        (ids[label],) = submit_all(page)
+    for label in ("Colorize", "Photo enhance"):
+        choose_operation(page, label)
+        (ids[label],) = submit_all(page)
+    for job_id in ids.values():
+        wait_done(page, job_id, results=None)
+    jobs = {label: Job.objects.get(pk=job_id) for label, job_id in ids.items()}
+    assert all(job.results.count() >= 1 for job in jobs.values())
+    if version == "v2":
+        paths = {label: job.vendor_meta["perfectcorp_feature"] for label, job in jobs.items()}
+        assert paths == {
+            "Wig try-on": "v2.0/wig",
+            "Hair extensions": "v2.0/hair-ext",
+            "Bangs": "v2.0/hair-bang",
+            "Hair volume": "v2.0/hair-vol",
+            "Colorize": "v2.0/colorize",
+            "Photo enhance": "v2.0/enhance",
+        }
+    wait_images(page)

@@ -31,7 +31,8 @@ from studio.ownership import Owner
 from studio.vendors import base as vendor_base
 from studio.vendors import perfectcorp_account as account
 from studio.vendors.base import VendorError, get_provider
-from studio.vendors.emulators.perfectcorp_account import SANDBOX_API_KEY, SKUS
+from studio.vendors.emulators.perfectcorp import SANDBOX_KEY
+from studio.vendors.emulators.perfectcorp_account import SKUS
 from tests.pc_support import job_input, new_emulator, routed, run
 from tests.test_browser import browser, studio  # noqa: F401  (fixtures)
 
@@ -148,8 +149,8 @@ def test_a_task_perfect_corp_no_longer_has_counts_as_done(pc, emulator):
 @pytest.mark.parametrize("shape", ["error", "error_code"])
 def test_a_refused_api_key_is_retried_a_bounded_number_of_times(pc, emulator, portrait_jpeg, shape):
     task_id = _finished_task(pc, emulator, portrait_jpeg)
-    emulator.faults["v2_auth_shape"] = shape
-    emulator.api_keys.discard(SANDBOX_API_KEY)  # the key was revoked
+    emulator.faults["v2_401_shape"] = shape
+    emulator.api_keys.discard(SANDBOX_KEY)  # the key was revoked
     vendor_deletion.deletions_request([_job(task_id)])
     minutes = 0
     for _ in range(vendor_deletion.MAX_ATTEMPTS + 3):

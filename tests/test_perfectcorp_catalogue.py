@@ -131,7 +131,8 @@ def test_style_ids_are_kept_as_exact_strings():
     param = OPERATIONS["pc_hairstyle"].param("style_id")
     assert param.clean(BIG_ID) == BIG_ID
     assert param.clean(f" {BIG_ID} ") == BIG_ID
-    for bad in ("9.007199254740993e15", "-1", "abc", "1 OR 1=1", "١٢٣"):
+    assert param.clean("good_template_001") == "good_template_001"  # a v2 template id
+    for bad in ("9.007199254740993e15", "-1", "1 OR 1=1", "١٢٣", "a" * 33, "../x"):
         with pytest.raises(ValueError):
             param.clean(bad)
 

@@ -267,6 +267,55 @@ def test_a_task_lost_while_its_worker_was_dead_runs_again_and_is_charged_once(ho
     assert emulator.counters["charges"] == 2  # the lost task cost nothing
 
 
+V2_TASK_PATH = r"/perfectcorp/s2s/v2\.0/task/colorize"
+V2 = {**FAST_RECOVERY, "PERFECTCORP_API_VERSION": "v2", "PERFECTCORP_V2_RATE_LIMIT": "100000"}
+
+
+@pytest.mark.qcluster
+def test_v2_sigkill_at_submit_ends_the_job_without_a_second_task(host, clusters):
+    """v2 has no request_id: a job resumed with its create in flight must not create again.
+
+    The task is created, its id held back 1 s, and the whole machine dies in
+    that second. The resumed job finds its "creating" mark without a task id
+    and ends with a message saying why; the emulator's create counter shows
+    one create per job, and staff see the job counted.
+    """
+    from studio.vendors.perfectcorp import UNCONFIRMED_CREATE, unconfirmed_creates
+
+    emulator: PerfectCorpEmulator = host.emulators["perfectcorp"]
+    emulator.engine_seconds = 1.0
+    emulator.rate_v2 = (100_000, 300.0)
+    host.hold[f"^POST {V2_TASK_PATH}$"] = 1.0
+    worker = clusters(name="v2", workers=1, env=V2).start()  # one create in flight when it dies
+    jobs = _colorize_jobs(3)
+
+    def created(request):
+        if request.method != "POST":
+            return None
+        src = request.json().get("src_file_id")
+        with emulator.lock:
+            known = any(t.inputs.get("src_ids") == [src] for t in emulator.tasks.values())
+        if not known:
+            return None
+        for job in Job.objects.filter(pk__in=[j.pk for j in jobs]):
+            if (job.vendor_state.get("uploads") or {}).get("src_file_id", [None])[0] == src:
+                return job.pk
+        return None
+
+    _, _, struck, _ = _catch(host, [worker], created)
+    worker.kill()
+    worker.start()
+    finished = worker.wait_for_jobs([job.pk for job in jobs], timeout=60)
+    by_pk = {job.pk: job for job in finished}
+    assert by_pk[struck].status == "failed" and by_pk[struck].error_message == UNCONFIRMED_CREATE
+    assert by_pk[struck].attempts >= 2 and by_pk[struck].vendor_state.get("create_unconfirmed") is True
+    others = [job for pk, job in by_pk.items() if pk != struck]
+    assert [job.status for job in others] == ["succeeded"] * len(others), [(j.status, j.error_message) for j in others]
+    assert emulator.counters["v2_creates"] == len(jobs), "one create per job: the struck one was not sent again"
+    assert emulator.counters["creates"] == len(jobs)
+    assert unconfirmed_creates() == 1
+
+
 def test_recovery_is_also_scheduled_every_minute():
     from django_q.models import Schedule
 

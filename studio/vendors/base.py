@@ -102,6 +102,8 @@ class Provider(ABC):
     data_notice: str = ""
     # Shown on the privacy page: whether we can have the vendor delete its copies, and how.
     deletion_notice: str = ""
+    # Whether a second photo may replace a style pick (Inputs.style_reference_label).
+    style_reference_offered: bool = False
 
     def unavailable_reason(self) -> str | None:
         """Why this provider cannot run now (e.g. missing keys), or None."""

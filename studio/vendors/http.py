@@ -172,7 +172,10 @@ class VendorHttp:
             except httpx.HTTPError as exc:
                 log.warning("%s %s %s failed: %s", self.vendor, method, _path_only(url), type(exc).__name__)
                 if attempt == attempts or not isinstance(exc, retry_errors):
-                    raise VendorError(describe_transport_error(exc, self.vendor), permanent=False) from None
+                    error = VendorError(describe_transport_error(exc, self.vendor), permanent=False)
+                    # For calls without an idempotency key: did the request provably never leave?
+                    error.not_sent = isinstance(exc, NOT_SENT_ERRORS)
+                    raise error from None
                 self._wait(backoff_delay(attempt, base=self.backoff_base))
                 continue
             if response.status_code == 429 and self.on_rate_limited:
@@ -182,8 +185,10 @@ class VendorHttp:
                 log.warning("%s %s %s answered %s", self.vendor, method, _path_only(url), response.status_code)
                 retry_after = parse_retry_after(response)
                 if attempt == attempts:
-                    raise VendorError(_status_message(response.status_code, self.vendor), permanent=False,
-                                      retry_after=retry_after)
+                    error = VendorError(_status_message(response.status_code, self.vendor), permanent=False,
+                                        retry_after=retry_after)
+                    error.status = response.status_code  # the last answer, e.g. 429: refused, not run
+                    raise error
                 self._wait(backoff_delay(attempt, base=self.backoff_base, retry_after=retry_after))
                 continue
             if capped:

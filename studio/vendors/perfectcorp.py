@@ -10,6 +10,13 @@ leaving a task unpolled for 10 s → download every result URL at once.
 Everything the vendor page leaves uncertain is a setting (feature paths,
 file API version, RSA padding) and responses are read tolerantly (`result`
 or `data`, `groups` or `style_groups`, `info.title` or `title`).
+
+Two protocol families (PERFECTCORP_API_VERSION, ../shared/perfectcorp-v2.md):
+"v1" as above, "v2" with the API key as bearer token, the one v2 file API,
+tasks polled by path and templates instead of style groups. `PROTOCOLS`
+says per family which settings, limits and steps apply; v2's feature table
+(paths, body fields, result shapes) is in perfectcorp_v2.py. v2 has no
+request_id, so its create call is never sent twice (see `_v2_start`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import io
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +45,9 @@ from studio.imaging import FaceBox
 from studio.vendors import perfectcorp_account, sandbox
 from studio.vendors.base import JobInput, Output, Progress, Submission, VendorError
 from studio.vendors.budget import BudgetTimeout, CapacityWait, RequestBudget, Window
-from studio.vendors.http import UnreadableAnswer, VendorHttp, origin_of, pause
+from studio import webhooks
+from studio.vendors import perfectcorp_v2 as v2
+from studio.vendors.http import NOT_SENT_ERRORS, UnreadableAnswer, VendorHttp, origin_of, pause
 from studio.vendors.remote import RemoteProvider
 
 log = logging.getLogger(__name__)
@@ -144,6 +154,67 @@ LOST = "Processing took too long and was cancelled. Please try again."
 BUSY = "Perfect Corp is busy right now. Please try again in a few minutes."
 
 
+# v2 (§6): no request_id, so a create whose answer was lost may have started a task.
+UNCONFIRMED_CREATE = (
+    "Perfect Corp may have started this job, but its answer never reached us. It was not sent again, "
+    "so you are not charged twice. Please check back in a minute and run it again if no result appears."
+)
+EXPIRED = (
+    "Perfect Corp no longer knows this job's task (it expired before its result was read). Please run it again."
+)
+TIMED_OUT_THERE = "Perfect Corp stopped this job because it took too long. Please try again."
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What differs between the v1.0 and v2 families, beyond the feature tables."""
+
+    name: str
+    required_settings: tuple[str, ...]
+    base_url_setting: str
+    # (limit setting, window setting) of every rate limit that must hold.
+    windows: tuple[tuple[str, str], ...]
+    # Provider methods for each step (data, so no step branches on the version).
+    start: str
+    poll: str
+    list_groups: str
+    list_styles: str
+    style_id_pattern: str  # what a style / template id looks like
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "v1": Protocol(
+        "v1",
+        ("PERFECTCORP_CLIENT_ID", "PERFECTCORP_CLIENT_SECRET"),
+        "PERFECTCORP_BASE_URL",
+        (
+            ("PERFECTCORP_RATE_PER_TOKEN", "PERFECTCORP_RATE_WINDOW_TOKEN_S"),
+            ("PERFECTCORP_RATE_PER_IP", "PERFECTCORP_RATE_WINDOW_IP_S"),
+        ),
+        start="_start",
+        poll="_v1_poll",
+        list_groups="_v1_style_groups",
+        list_styles="_v1_styles",
+        style_id_pattern=r"[0-9]{1,30}",
+    ),
+    "v2": Protocol(
+        "v2",
+        ("PERFECTCORP_API_KEY",),
+        "PERFECTCORP_V2_BASE_URL",
+        # 250 / 300 s per client IP and per API key (§6): both are the same window from here.
+        (
+            ("PERFECTCORP_V2_RATE_LIMIT", "PERFECTCORP_V2_RATE_WINDOW_S"),
+            ("PERFECTCORP_V2_RATE_LIMIT", "PERFECTCORP_V2_RATE_WINDOW_S"),
+        ),
+        start="_v2_start",
+        poll="_v2_poll",
+        list_groups="_v2_template_groups",
+        list_styles="_v2_templates",
+        style_id_pattern=r"[A-Za-z0-9_.:-]{1,64}",
+    ),
+}
+
+
 @dataclass
 class Prepared:
     """The inputs after pre-flight: what will be uploaded, already fixed up."""
@@ -158,8 +229,7 @@ class Prepared:
 class PerfectCorpProvider(RemoteProvider):
     key = "perfectcorp"
     label = "Perfect Corp"
-    required_settings = ("PERFECTCORP_CLIENT_ID", "PERFECTCORP_CLIENT_SECRET")
-    base_url_setting = "PERFECTCORP_BASE_URL"
+    api_key_setting = "PERFECTCORP_API_KEY"
     webhook_secret_setting = "PERFECTCORP_WEBHOOK_SECRET"
     data_notice = (
         "Your photo is sent to Perfect Corp (YouCam AI API) for processing. Perfect Corp deletes uploaded "
@@ -170,6 +240,22 @@ class PerfectCorpProvider(RemoteProvider):
         self.sleep = sleep  # None: VendorHttp's `pause`
 
     # --- configuration ------------------------------------------------------------------
+
+    def protocol(self) -> Protocol:
+        return PROTOCOLS[settings.PERFECTCORP_API_VERSION]
+
+    @property
+    def style_reference_offered(self) -> bool:  # type: ignore[override]
+        """v2's hair-transfer takes a reference photo instead of a template (§3.1)."""
+        return self.protocol().name == "v2"
+
+    @property
+    def required_settings(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.protocol().required_settings
+
+    @property
+    def base_url_setting(self) -> str:  # type: ignore[override]
+        return self.protocol().base_url_setting
 
     def feature(self, key: str) -> Feature:
         """The feature of an operation key (or of a §1.5 feature name)."""
@@ -204,28 +290,46 @@ class PerfectCorpProvider(RemoteProvider):
         return settings.PERFECTCORP_CLIENT_ID, settings.PERFECTCORP_CLIENT_SECRET
 
     def _namespace(self) -> str:
+        protocol = self.protocol()
         route = sandbox.routed(self.key)
-        base = route[0] if route else settings.PERFECTCORP_BASE_URL
-        return hashlib.sha1(f"{base}|{self.credentials()[0]}".encode()).hexdigest()[:16]
+        base = route[0] if route else getattr(settings, protocol.base_url_setting)
+        account = v2.key_fingerprint(self.api_key()) if protocol.name == "v2" else self.credentials()[0]
+        return hashlib.sha1(f"{protocol.name}|{base}|{account}".encode()).hexdigest()[:16]
 
     def budget(self) -> RequestBudget:
-        """The request budget every process shares for this account and address."""
+        """The request budget every process shares for this account and address; its
+        limits are the active protocol's (v1: 100/60 s per token and 100/300 s per IP;
+        v2: 250/300 s per key and per IP)."""
         return RequestBudget(
             f"perfectcorp:{self._namespace()}",
-            (
-                Window(settings.PERFECTCORP_RATE_PER_TOKEN, settings.PERFECTCORP_RATE_WINDOW_TOKEN_S),
-                Window(settings.PERFECTCORP_RATE_PER_IP, settings.PERFECTCORP_RATE_WINDOW_IP_S),
+            tuple(
+                Window(getattr(settings, limit), getattr(settings, window))
+                for limit, window in self.protocol().windows
             ),
             reservation_ttl=max(60.0, float(settings.PERFECTCORP_JOB_DEADLINE_S)),
         )
 
     def status(self) -> dict[str, Any]:
         status = super().status()
+        status["api_version"] = self.protocol().name
         try:
             status["budget"] = self.budget().snapshot()
         except Exception:  # the console must render even if the cache is unreachable
             log.exception("perfectcorp budget snapshot failed")
+        try:
+            status["unconfirmed_creates_24h"] = unconfirmed_creates()
+        except Exception:
+            log.exception("counting unconfirmed Perfect Corp creates failed")
         return status
+
+    def uses_webhooks(self) -> bool:
+        """v2 only: a Standard Webhooks notification will wake the job (studio/webhooks.py)."""
+        return (
+            self.protocol().name == "v2"
+            and settings.PERFECTCORP_WEBHOOKS
+            and bool(self.webhook_secret())
+            and webhooks.vendor_can_call_back(sandboxed=self.is_sandboxed())
+        )
 
     # --- v2 account calls: vendor-side deletion and unit costs (perfectcorp_account.py) ---------
 
@@ -435,9 +539,11 @@ class PerfectCorpProvider(RemoteProvider):
 
     def preflight(self, job: JobInput, feature: Feature) -> Prepared:
         """Fix what can be fixed (size, format, mask size) and refuse the rest, before any call."""
-        if feature.styles:
+        protocol = self.protocol()
+        with_reference = self._takes_reference(job, feature)
+        if feature.styles and not (with_reference and "ref_ids" not in feature.file_sets):
             style = str(job.params.get("style_id") or "").strip()
-            if not style.isdigit():
+            if not re.fullmatch(protocol.style_id_pattern, style):
                 raise VendorError("Pick a style first.", permanent=True)
         if feature.name == "text-to-image":
             if not str(job.params.get("prompt") or "").strip():
@@ -463,7 +569,7 @@ class PerfectCorpProvider(RemoteProvider):
         if feature.needs_face:
             self._check_faces(faces, feature, image, whose="this photo")
         prepared = Prepared(image=_jpeg_under(image, MAX_FILE_BYTES), size=image.size, notes=tuple(notes))
-        if "ref_ids" in feature.file_sets:
+        if with_reference:
             if not job.reference:
                 raise VendorError("Add the photo whose look you want to copy.", permanent=True)
             reference = imaging.load_image(job.reference, max_long_side=feature.max_long_side)
@@ -478,6 +584,20 @@ class PerfectCorpProvider(RemoteProvider):
         if "mask_ids" in feature.file_sets:
             prepared.mask = self._prepare_mask(job.mask, image.size)
         return prepared
+
+    def _takes_reference(self, job: JobInput, feature: Feature) -> bool:
+        """Makeup transfer always; on v2 a hairstyle from the user's reference photo too (§3.1)."""
+        if "ref_ids" in feature.file_sets:
+            return True
+        op_key = self._op_key(feature)
+        spec = v2.V2_FEATURES.get(op_key)
+        return bool(
+            self.protocol().name == "v2" and spec and spec.reference_instead_of_template and job.reference
+        )
+
+    @staticmethod
+    def _op_key(feature: Feature) -> str:
+        return next(key for key, known in FEATURES.items() if known is feature)
 
     @staticmethod
     def _check_faces(faces: list[FaceBox], feature: Feature, image: Image.Image, *, whose: str) -> None:
@@ -523,9 +643,13 @@ class PerfectCorpProvider(RemoteProvider):
     def _lost_after(self) -> float:
         return float(settings.PERFECTCORP_TASK_LOST_AFTER_S)
 
-    def _max_gap(self) -> float:
-        """The longest we let a task go unpolled: the poll ceiling, well inside the 10-second rule."""
-        return min(settings.PERFECTCORP_POLL_CEILING_MS / 1000, self._lost_after() * 0.85)
+    def _max_gap(self, interval: float = 0.0) -> float:
+        """The longest we let a task go unpolled: the poll ceiling, well inside the 10-second rule
+        (and, on v2, inside a polling_interval the vendor states, read as its polling window)."""
+        gap = min(settings.PERFECTCORP_POLL_CEILING_MS / 1000, self._lost_after() * 0.85)
+        if interval > 0 and self.protocol().name == "v2":
+            gap = min(gap, max(interval, settings.PERFECTCORP_POLL_FLOOR_MS / 1000))
+        return gap
 
     def expected_seconds(self, feature: Feature) -> float:
         """The engine time learned from recent jobs; before any, 6 s (0.6 of the 10-second rule)."""
@@ -558,7 +682,10 @@ class PerfectCorpProvider(RemoteProvider):
 
     def expected_requests(self, feature: Feature, job: JobInput) -> int:
         """File calls + the run + the polls the expected engine time needs."""
-        files = 0 if self._reusable_dst(job, feature) else len(feature.file_sets)
+        if self.protocol().name == "v2":  # no dst_id reuse; a hairstyle's reference photo is one more file
+            files = len(v2.files_for(job.operation.key, with_reference=self._takes_reference(job, feature)))
+        else:
+            files = 0 if self._reusable_dst(job, feature) else len(feature.file_sets)
         polls = max(1, math.ceil(self.expected_seconds(feature) / self._max_gap()))
         return files + 1 + polls
 
@@ -582,13 +709,30 @@ class PerfectCorpProvider(RemoteProvider):
             if worker_limit < job_deadline:
                 raise CapacityWait(WAITING, permanent=False) from None
             raise VendorError(BUSY, permanent=False) from None
+        start = getattr(self, self.protocol().start)
         try:
-            task_id = self._start(job, feature, prepared, budget, attempt=int(job.state.get("attempt", 0)))
+            task_id = start(job, feature, prepared, budget, attempt=int(job.state.get("attempt", 0)))
         except BaseException:
             budget.release(job.job_id)
             raise
         job.report(PROCESSING, 0.1)
-        return Submission(task_id, Progress(False, PROCESSING, 0.1, poll_after=self._poll_after(feature, 0.0, 0.0)))
+        return Submission(task_id, self._running(job, feature, 0.1, elapsed=0.0, interval=0.0))
+
+    def _running(
+        self, job: JobInput, feature: Feature, fraction: float, *, elapsed: float, interval: float
+    ) -> Progress:
+        """A task still running: when to poll next, and whether a webhook will come first.
+
+        With a webhook (v2) the job waits for it, and polls only as the backstop,
+        never later than the polling window allows: the v2 documents warn a task
+        not polled in time may expire, and they state no window (v1's 10 s rule
+        and its 8.5 s ceiling are kept, shortened to a polling_interval if the
+        vendor sends one).
+        """
+        if job.state.get("webhook"):
+            wait = min(float(settings.STUDIO_WEBHOOK_BACKSTOP_SECONDS), self._max_gap(interval))
+            return Progress(False, PROCESSING, fraction, poll_after=wait, webhook=True)
+        return Progress(False, PROCESSING, fraction, poll_after=self._poll_after(feature, elapsed, interval))
 
     def _request_id(self, job: JobInput, run_index: int) -> int:
         """The run's integer request_id: from the job's id for this run, one more per deliberate re-run."""
@@ -703,6 +847,10 @@ class PerfectCorpProvider(RemoteProvider):
         )
         if status >= 400:
             self._raise_http(status, body, during="the file upload")
+        return self._put_presigned(body, data)
+
+    def _put_presigned(self, body: dict, data: bytes) -> str:
+        """Send the bytes with exactly the pre-signed request a file answer holds; its file id."""
         try:
             slot = self._result(body)["files"][0]
             file_id, upload = slot["file_id"], slot["requests"][0]
@@ -724,6 +872,9 @@ class PerfectCorpProvider(RemoteProvider):
         return file_id
 
     def poll(self, job: JobInput, task_id: str) -> Progress:
+        return getattr(self, self.protocol().poll)(job, task_id)
+
+    def _v1_poll(self, job: JobInput, task_id: str) -> Progress:
         feature = self.feature(job.operation.key)
         budget = self.budget()
         task_id = job.state.get("task_id") or task_id
@@ -785,8 +936,10 @@ class PerfectCorpProvider(RemoteProvider):
         if state != "running":
             log.warning("Perfect Corp reported an unknown status %r; treating it as running", state[:40])
         job.save_state(last_poll=now, last_running=elapsed)
-        fraction = min(0.9, 0.1 + 0.8 * elapsed / max(self.expected_seconds(feature), 0.1))
-        return Progress(False, PROCESSING, fraction, poll_after=self._poll_after(feature, elapsed, interval))
+        return self._running(job, feature, self._fraction(feature, elapsed), elapsed=elapsed, interval=interval)
+
+    def _fraction(self, feature: Feature, elapsed: float) -> float:
+        return min(0.9, 0.1 + 0.8 * elapsed / max(self.expected_seconds(feature), 0.1))
 
     def _run_again(
         self, job: JobInput, feature: Feature, budget: RequestBudget, *, reason: str, message: str
@@ -801,11 +954,15 @@ class PerfectCorpProvider(RemoteProvider):
             job.save_state(uploads={}, dst_failed=True)
         prepared = self.preflight(job, feature)
         budget.extend(job.job_id, self.expected_requests(feature, job))
-        self._start(job, feature, prepared, budget, attempt=attempt + 1)
-        return Progress(False, "Retrying at Perfect Corp", 0.1, poll_after=self._poll_after(feature, 0.0, 0.0))
+        job.save_state(task_id=None)  # a new task, not the failed one (v2 reuses a saved task id)
+        getattr(self, self.protocol().start)(job, feature, prepared, budget, attempt=attempt + 1)
+        progress = self._running(job, feature, 0.1, elapsed=0.0, interval=0.0)
+        return Progress(
+            False, "Retrying at Perfect Corp", 0.1, poll_after=progress.poll_after, webhook=progress.webhook
+        )
 
     def _download_all(self, job: JobInput, feature: Feature, result: dict) -> list[Output]:
-        """Fetch every result file now (URLs expire after 2 hours) into ordered Outputs."""
+        """v1: `result.results[].data[]` (each {url, dst_id, res_age}), custom_info beside them."""
         entries = result.get("results") or []
         items: list[tuple[dict, dict]] = []
         for entry in entries if isinstance(entries, list) else []:
@@ -814,6 +971,10 @@ class PerfectCorpProvider(RemoteProvider):
             for item in entry.get("data") or []:
                 if isinstance(item, dict) and item.get("url"):
                     items.append((item, entry.get("custom_info") or result.get("custom_info") or {}))
+        return self._download_items(job, feature, items)
+
+    def _download_items(self, job: JobInput, feature: Feature, items: list[tuple[dict, dict]]) -> list[Output]:
+        """Fetch every result file now (URLs expire after 2 hours) into ordered Outputs."""
         if not items:
             raise VendorError(f"{self.label} returned no image. Please try again.", permanent=False)
         if feature.name == "aging":
@@ -838,7 +999,7 @@ class PerfectCorpProvider(RemoteProvider):
                 if item.get("dst_id"):
                     meta["dst_id"] = str(item["dst_id"])
                 label = ""
-                if feature.styles:
+                if feature.styles and job.params.get("style_id"):
                     meta["style_id"] = str(job.params.get("style_id"))
                 if feature.name == "aging" and item.get("res_age") is not None:
                     meta["age"] = int(item["res_age"])
@@ -852,9 +1013,284 @@ class PerfectCorpProvider(RemoteProvider):
             storage.close()
         return outputs
 
+    # --- v2: API key, one file API, tasks by path, no request_id (perfectcorp_v2.py) ----------
+
+    def v2_auth_headers(self) -> dict[str, str]:
+        """The one place a v2 request gets its credentials: the API key itself as bearer token (§1).
+        In sandbox mode the emulator's test key (a real key never goes to an emulator)."""
+        return {"Authorization": f"Bearer {self.api_key()}"}
+
+    def v2_http(self, budget: RequestBudget | None = None, job_key: str | None = None, *, poll=False) -> VendorHttp:
+        """A client on the v2 base URL (PERFECTCORP_V2_BASE_URL, or the emulator), every
+        request drawn from the shared budget. For any v2 call: tasks, files, templates, credit."""
+        return self._api_http(budget or self.budget(), job_key, poll=poll)
+
+    def _v2_call(
+        self,
+        method: str,
+        path: str,
+        *,
+        job_key: str | None,
+        budget: RequestBudget,
+        poll: bool = False,
+        repeat_garbled: bool = True,
+        **kwargs,
+    ) -> tuple[int, dict]:
+        """(HTTP status, parsed body). A 401 in any of its documented shapes ends the job."""
+        http = self.v2_http(budget, job_key, poll=poll)
+        try:
+            for garbled in (0, 1):
+                response = http.request(method, path, headers=self.v2_auth_headers(), **kwargs)
+                if response.status_code == 401:
+                    reason = v2.describe_401(self._parse(http, response))
+                    log.error("Perfect Corp refused the API key (%s); check PERFECTCORP_API_KEY", reason)
+                    raise KeyRefused(UNAVAILABLE, permanent=True)
+                if response.status_code < 400:
+                    budget.succeeded()
+                try:
+                    return response.status_code, self._parse(http, response)
+                except UnreadableAnswer:
+                    if not repeat_garbled or garbled:
+                        raise
+                    log.warning("Perfect Corp sent an answer we couldn't read to %s; asking once more", path)
+                    if job_key is not None:
+                        budget.extend(job_key, 1)
+                    http.backoff(1)
+            raise AssertionError("unreachable")
+        finally:
+            http.close()
+
+    def _v2_upload(self, job: JobInput, data: bytes, name: str, content_type: str, budget: RequestBudget) -> str:
+        """`POST /s2s/v2.0/file` (every field required, §2), then the PUT it hands back."""
+        entry = {"content_type": content_type, "file_name": name, "file_size": len(data)}
+        status, body = self._v2_call("POST", v2.FILE_PATH, job_key=job.job_id, budget=budget, json={"files": [entry]})
+        if status >= 400:
+            self._raise_http(status, body, during="the file upload")
+        return self._put_presigned(body, data)
+
+    def _v2_start(
+        self, job: JobInput, feature: Feature, prepared: Prepared, budget: RequestBudget, *, attempt: int
+    ) -> str:
+        """Upload, then create the task: sent at most once.
+
+        v2 has no request_id (§6): a create that reached Perfect Corp but whose
+        answer we lost would be billed again if repeated. So it is retried only
+        when it provably never arrived (no connection) or was refused (429, 4xx),
+        and a "creating" mark is saved before it goes out. A job that finds the
+        mark without a task id (its worker died in between) ends with a clear
+        message instead of creating a second task; staff see the count.
+        """
+        if job.state.get("task_id"):
+            return str(job.state["task_id"])  # created and saved; the runner had not stored it yet
+        if job.state.get("creating"):
+            job.save_state(create_unconfirmed=True, creating=None)
+            log.error("job %s: a Perfect Corp create may have run before its worker stopped", job.job_id)
+            raise VendorError(UNCONFIRMED_CREATE, permanent=True)
+        op_key = job.operation.key
+        sources = {
+            "image": (prepared.image, "photo.jpg", "image/jpeg"),
+            "reference": (prepared.reference, "reference.jpg", "image/jpeg"),
+            "mask": (prepared.mask, "mask.png", "image/png"),
+        }
+        uploads: dict[str, list] = dict(job.state.get("uploads") or {})
+        file_ids: dict[str, str] = {}
+        for source, field in v2.files_for(op_key, with_reference=bool(prepared.reference)):
+            saved = uploads.get(field)
+            if saved and time.time() - saved[1] < UPLOAD_VALID_S - 3600:
+                file_ids[field] = saved[0]
+                continue
+            file_ids[field] = self._v2_upload(job, *sources[source], budget)
+            uploads[field] = [file_ids[field], time.time()]
+            job.save_state(uploads=uploads)
+        payload = v2.body(op_key, job.params, file_ids)
+        job.save_state(creating=time.time(), attempt=attempt, webhook=self.uses_webhooks())
+        try:
+            status, body = self._v2_call(
+                "POST",
+                v2.task_path(op_key),
+                job_key=job.job_id,
+                budget=budget,
+                json=payload,
+                repeat_garbled=False,
+                retry_statuses=(429,),  # refused, not run: safe to send again
+                retry_errors=NOT_SENT_ERRORS,  # never arrived: safe to send again
+            )
+        except VendorError as exc:
+            refused = isinstance(exc, KeyRefused) or getattr(exc, "not_sent", False) or getattr(exc, "status", 0) == 429
+            if refused:
+                job.save_state(creating=None)
+                raise
+            job.save_state(create_unconfirmed=True, creating=None)
+            log.error("job %s: Perfect Corp create answer lost (%s); not sent again", job.job_id, exc.message)
+            raise VendorError(UNCONFIRMED_CREATE, permanent=True) from None
+        if status >= 500:
+            job.save_state(create_unconfirmed=True, creating=None)
+            log.error("job %s: Perfect Corp answered %s to a create; not sent again", job.job_id, status)
+            raise VendorError(UNCONFIRMED_CREATE, permanent=True)
+        if status >= 400:
+            job.save_state(creating=None)  # refused: no task exists
+            if status == 404 and not job.state.get("reuploaded"):
+                # A file whose bytes never arrived (§2): upload again, once.
+                job.save_state(uploads={}, reuploaded=True)
+                budget.extend(job.job_id, len(file_ids) + 1)
+                return self._v2_start(job, feature, prepared, budget, attempt=attempt)
+            self._raise_http(status, body, during="the task")
+        task_id = self._result(body).get("task_id")
+        if not isinstance(task_id, str) or not task_id:
+            job.save_state(create_unconfirmed=True, creating=None)
+            raise VendorError(UNCONFIRMED_CREATE, permanent=True)
+        now = time.time()
+        job.save_state(task_id=task_id, run_at=now, last_poll=now, last_running=None, creating=None)
+        return task_id
+
+    def _v2_poll(self, job: JobInput, task_id: str) -> Progress:
+        feature = self.feature(job.operation.key)
+        budget = self.budget()
+        task_id = job.state.get("task_id") or task_id
+        run_at = float(job.state.get("run_at") or time.time())
+        if time.time() - run_at > settings.PERFECTCORP_JOB_DEADLINE_S:
+            budget.release(job.job_id)
+            raise VendorError(
+                f"{self.label} took too long with this photo and the job was stopped. Please try again.",
+                permanent=True,
+            )
+        try:
+            status, body = self._v2_call(
+                "GET",
+                v2.status_path(job.operation.key, task_id),
+                job_key=job.job_id,
+                budget=budget,
+                poll=True,
+                repeat_garbled=False,
+                retry_statuses=(429, 502, 503, 504),  # a 500 may be TaskTimeout: read it
+            )
+        except UnreadableAnswer:
+            if not self.garbled_poll_allowed(job, last_poll=time.time()):
+                budget.release(job.job_id)
+                raise
+            return Progress(False, PROCESSING, None, poll_after=min(1.0, self._max_gap()), webhook=False)
+        except VendorError:
+            budget.release(job.job_id)
+            raise
+        now = time.time()
+        code = str(body.get("error_code") or body.get("error") or "")
+        if status == 400 and code in ("InvalidTaskId", "Invalid task ID"):
+            # Not run again: a finished task that expired unpolled may have been charged (§3).
+            budget.release(job.job_id)
+            log.warning("Perfect Corp no longer knows the task of job %s", job.job_id)
+            raise VendorError(EXPIRED, permanent=True)
+        if status == 500 and code in ("TaskTimeout", "Task execution timed out"):
+            budget.release(job.job_id)
+            raise VendorError(TIMED_OUT_THERE, permanent=True)
+        if status >= 400:
+            budget.release(job.job_id)
+            self._raise_http(status, body, during="the status check")
+        data = self._result(body)
+        interval = _seconds(data.get("polling_interval")) if data.get("polling_interval") is not None else 0.0
+        state = str(data.get("task_status") or "").lower()
+        elapsed = now - run_at
+        if state == "success":
+            self._learn(feature, finished_at=elapsed, last_running_at=job.state.get("last_running"), interval=interval)
+            items, facts = v2.result_items(data.get("results"))
+            try:
+                outputs = self._download_items(job, feature, [(item, facts) for item in items])
+            finally:
+                budget.release(job.job_id)
+            meta = {"perfectcorp_feature": v2.feature_path(job.operation.key), "engine_seconds": round(elapsed, 1)}
+            return Progress(True, "Done", 1.0, outputs=tuple(outputs), meta=meta)
+        if state == "error":
+            # Engine failures come as HTTP 200 (§3); units are charged only on success.
+            code = str(data.get("error") or "")
+            if code in RETRY_ONCE:
+                return self._run_again(
+                    job, feature, budget, reason=code, message=ENGINE_MESSAGES.get(code, UNKNOWN_ENGINE_ERROR)
+                )
+            budget.release(job.job_id)
+            if code not in ENGINE_MESSAGES:
+                detail = str(data.get("error_message"))[:200]
+                log.error("Perfect Corp engine error we don't know: %r (%s)", code[:80], detail)
+            raise VendorError(ENGINE_MESSAGES.get(code, UNKNOWN_ENGINE_ERROR), permanent=True)
+        if state != "running":
+            log.warning("Perfect Corp reported an unknown task_status %r; treating it as running", state[:40])
+        job.save_state(last_poll=now, last_running=elapsed)
+        return self._running(job, feature, self._fraction(feature, elapsed), elapsed=elapsed, interval=interval)
+
+    def _v2_template_groups(self, feature_key: str) -> Iterator[dict]:
+        """v2 has no style groups: its templates' `category_name`s stand in for them."""
+        seen: dict[str, str] = {}
+        for template in self._v2_template_list(feature_key, fresh=True):
+            category = template["category"]
+            if category not in seen:
+                seen[category] = _group_id(category)
+                yield {"id": seen[category], "name": category, "title": category}
+
+    def _v2_templates(self, feature_key: str, group_id: str | int) -> Iterator[dict]:
+        for template in self._v2_template_list(feature_key):
+            if _group_id(template["category"]) == str(group_id):
+                yield {
+                    "id": template["id"],
+                    "name": template["title"],
+                    "title": template["title"],
+                    "thumb": template["thumb"],
+                    "group_id": str(group_id),
+                }
+
+    def _v2_template_list(self, feature_key: str, *, fresh: bool = False) -> list[dict]:
+        """Every template of a catalogue (`GET /s2s/v2.x/task/template/{feature}`, 20 a page).
+
+        The listing is read once per sync (`fresh` on the group pass) and kept
+        for the per-group pass, so a sync costs one request per page.
+        """
+        op_key = self._op_key(self.feature(feature_key))
+        cache_key = f"perfectcorp:v2-templates:{self._namespace()}:{op_key}"
+        if not fresh:
+            known = cache.get(cache_key)
+            if known is not None:
+                return known
+        templates = []
+        for item in self._pages_v2(v2.template_path(op_key)):
+            templates.append(
+                {
+                    "id": str(item["id"]),
+                    "title": str(item.get("title") or item["id"]),
+                    "thumb": str(item.get("thumb") or ""),
+                    "category": str(item.get("category_name") or "Templates").strip() or "Templates",
+                }
+            )
+        cache.set(cache_key, templates, timeout=3600)
+        return templates
+
+    def _pages_v2(self, path: str) -> Iterator[dict]:
+        budget = self.budget()
+        token: str | None = None
+        for _ in range(500):  # a runaway next_token must not loop forever
+            query = {"page_size": "20"}
+            if token:
+                query["starting_token"] = token
+            status, body = self._v2_call("GET", path, job_key=None, budget=budget, params=query)
+            if status >= 400:
+                self._raise_http(status, body, during="the template listing")
+            data = self._result(body)
+            items = data.get("templates") if isinstance(data.get("templates"), list) else []
+            for item in items:
+                if isinstance(item, dict) and item.get("id") is not None:
+                    yield item
+            next_token = data.get("next_token")
+            if not items or next_token in (None, "", 0):
+                return
+            token = str(next_token)
+
     # --- style catalogue (called by the sync command) ------------------------------------------
 
     def list_style_groups(self, feature_key: str) -> Iterator[dict]:
+        """Every style group (v1) or template category (v2) of a catalogue; see `_v1_style_groups`."""
+        return getattr(self, self.protocol().list_groups)(feature_key)
+
+    def list_styles(self, feature_key: str, group_id: str | int) -> Iterator[dict]:
+        """Every style (v1) or template (v2) of one group; see `_v1_styles`."""
+        return getattr(self, self.protocol().list_styles)(feature_key, group_id)
+
+    def _v1_style_groups(self, feature_key: str) -> Iterator[dict]:
         """Every style group of a feature, page by page (20 a page).
 
         `feature_key` is an operation key ("pc_hairstyle") or a §1.5 name
@@ -868,7 +1304,7 @@ class PerfectCorpProvider(RemoteProvider):
             title = _title(item)
             yield {"id": str(item["id"]), "name": title, "title": title}
 
-    def list_styles(self, feature_key: str, group_id: str | int) -> Iterator[dict]:
+    def _v1_styles(self, feature_key: str, group_id: str | int) -> Iterator[dict]:
         """Every style of one group: {"id", "name", "title" (= name), "thumb" (URL or ""), "group_id"}, all str.
 
         Also remembers each style's group, so a job that only knows the
@@ -894,8 +1330,8 @@ class PerfectCorpProvider(RemoteProvider):
         known = cache.get(f"perfectcorp:style-group:{feature.name}:{style_id}")
         if known:
             return int(known)
-        for group in self.list_style_groups(feature.name):
-            for style in self.list_styles(feature.name, group["id"]):
+        for group in self._v1_style_groups(feature.name):
+            for style in self._v1_styles(feature.name, group["id"]):
                 if style["id"] == str(style_id):
                     return int(group["id"])
         raise VendorError(STYLE_GONE, permanent=True)
@@ -919,6 +1355,29 @@ class PerfectCorpProvider(RemoteProvider):
             if not items or next_token in (None, "", 0):
                 return
             token = str(next_token)
+
+
+class KeyRefused(VendorError):
+    """The vendor answered 401 to our key or token: nothing was run."""
+
+
+def _group_id(category: str) -> str:
+    """A stable group id (≤ 32 characters) for a v2 template category."""
+    return "c" + hashlib.sha1(category.encode()).hexdigest()[:15]
+
+
+def unconfirmed_creates(hours: int = 24) -> int:
+    """Jobs that ended because a v2 create may have run unseen (staff console)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from studio.models import Job
+
+    since = timezone.now() - timedelta(hours=hours)
+    return Job.objects.filter(
+        provider="perfectcorp", created_at__gte=since, vendor_state__create_unconfirmed=True
+    ).count()
 
 
 def _title(item: dict) -> str:

@@ -29,7 +29,6 @@ from django.conf import settings
 from studio.vendors import sandbox
 from studio.vendors.base import VendorError
 from studio.vendors.budget import BudgetTimeout
-from studio.vendors.emulators.perfectcorp_account import SANDBOX_API_KEY
 from studio.vendors.http import UnreadableAnswer
 
 log = logging.getLogger(__name__)
@@ -104,11 +103,9 @@ def api_version() -> str:
 
 
 def api_key(provider) -> str:
-    """The v2 API key: the emulator's sandbox key when one serves Perfect Corp (a real key
-    is never sent to an emulator), else PERFECTCORP_API_KEY."""
-    if provider.is_sandboxed():
-        return SANDBOX_API_KEY
-    return str(getattr(settings, "PERFECTCORP_API_KEY", "") or "")
+    """The v2 API key the adapter sends (RemoteProvider.api_key: the emulator's sandbox key
+    when one serves Perfect Corp, never the real one there)."""
+    return provider.api_key()
 
 
 def submission_meta() -> dict[str, str]:
@@ -139,7 +136,7 @@ def _call(provider, method: str, path: str, **kwargs) -> tuple[int, dict]:
         on_rate_limited=lambda response: budget.rate_limited(base=2.0),
     )
     try:
-        response = http.request(method, path, headers={"Authorization": f"Bearer {key}"}, **kwargs)
+        response = http.request(method, path, headers=provider.v2_auth_headers(), **kwargs)
         if response.status_code >= 400:
             try:
                 body = response.json()

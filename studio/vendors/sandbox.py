@@ -83,8 +83,16 @@ def emulator_for(key: str) -> Emulator | HostedEmulator:
                 _hosted[key] = HostedEmulator(key, settings.STUDIO_SANDBOX_URL)
             return _hosted[key]
         if key not in _instances:
-            _instances[key] = new_emulator(key)
+            _instances[key] = _for_sandbox(new_emulator(key))
         return _instances[key]
+
+
+def _for_sandbox(emulator: Emulator) -> Emulator:
+    """Let an emulator take its sandbox-mode settings (e.g. where to deliver webhooks)."""
+    configure = getattr(emulator, "configure_for_sandbox", None)
+    if configure is not None:
+        configure()
+    return emulator
 
 
 def routed(key: str) -> tuple[str, object] | None:

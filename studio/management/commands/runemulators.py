@@ -13,6 +13,7 @@ from contextlib import suppress
 
 from django.core.management.base import BaseCommand
 
+from studio.vendors import sandbox
 from studio.vendors.emulators.host import EmulatorHost
 
 
@@ -26,6 +27,8 @@ class Command(BaseCommand):
         stopped = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stopped.set())
         host = EmulatorHost()
+        for emulator in host.emulators.values():
+            sandbox._for_sandbox(emulator)  # e.g. Perfect Corp v2 webhooks to STUDIO_PUBLIC_URL
         with host.serve(port=port) as url:
             self.stdout.write(self.style.SUCCESS(f"Emulators of {', '.join(host.emulators)} at {url}"))
             self.stdout.write(f"Start the web server and workers with STUDIO_SANDBOX=1 STUDIO_SANDBOX_URL={url}")

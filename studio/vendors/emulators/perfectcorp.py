@@ -1,4 +1,5 @@
-"""A local emulator of Perfect Corp's Perfect AI API, server-to-server v1.0.
+"""A local emulator of Perfect Corp's Perfect AI API, server-to-server v1.0
+(and, through perfectcorp_v2.V2Family, the v2 family beside it).
 
 It speaks the protocol restated in ../shared/vendor-apis.md §1 and does what
 §1.11 asks of an emulator: RSA-encrypted `id_token` auth with 2-hour bearer
@@ -60,6 +61,7 @@ import hashlib
 import hmac
 import io
 import json
+import random
 import re
 import secrets
 import threading
@@ -78,8 +80,10 @@ from PIL import Image
 from studio.vendors.emulators import perfectcorp_account
 from studio.vendors.emulators import perfectcorp_pictures as pictures
 from studio.vendors.emulators.base import Emulator, NetworkFault, json_response
+from studio.vendors.emulators.perfectcorp_v2 import V2Family, is_v2_path
 
 SANDBOX_WEBHOOK_SECRET = "whsec_cG9ydHJhaXQtc3R1ZGlvLXNhbmRib3gtd2ViaG9vay1zaWduaW5nLWtleSE="
+SANDBOX_KEY = "pc_sandbox_v2_api_key"  # the v2 API key the emulator accepts (a test value, public)
 MAX_FILE_BYTES = 10 * 1024 * 1024
 STYLE_FEATURES = ("hair-style", "wig", "hair-ext", "hair-bang", "hair-vol", "text-to-image")
 HAIR_FEATURES = ("hair-style", "wig", "hair-ext", "hair-bang", "hair-vol")
@@ -180,9 +184,12 @@ class Task:
     results: list[dict] = field(default_factory=list)
     custom_info: dict | None = None
     lose_at_first_poll: bool = False
+    protocol: str = "v1"
+    v2_path: str = ""  # "2.1/hair-transfer": where a v2 task is polled
+    v2_results: str = "url"  # "url" | "output"
 
 
-class PerfectCorpEmulator(Emulator):
+class PerfectCorpEmulator(V2Family, Emulator):
     vendor = "Perfect Corp"
 
     def __init__(self, *, clock=None, base_url: str = "http://perfectcorp.emulator.invalid", key_bits: int = 1024):
@@ -201,6 +208,7 @@ class PerfectCorpEmulator(Emulator):
         self.timestamp_skew = 300.0
         self.engine_seconds = 3.0
         self.engine_seconds_by_feature: dict[str, float] = {}
+        self.engine_jitter = 0.0  # each task takes engine_seconds × (1 ± this), uniformly (benchmarks)
         self.polling_interval_ms = 1000
         self.lost_after = 10.0
         self.rate_per_token = (100, 60.0)  # (requests, window seconds)
@@ -221,6 +229,7 @@ class PerfectCorpEmulator(Emulator):
         self._engine_lock = threading.Lock()
         self.catalogue = self._seed_catalogue()
         self._add_routes()
+        self._init_v2(SANDBOX_KEY, SANDBOX_WEBHOOK_SECRET)
         # v2 task deletion and price list (perfectcorp_account.py); last, so the v2 key set exists.
         perfectcorp_account.install(self)
 
@@ -330,9 +339,12 @@ class PerfectCorpEmulator(Emulator):
         """Both limits must hold; every call counts (polls included). None when allowed."""
         now = self.clock.now()
         token = _bearer(request)
-        windows = [("ip", *self.rate_per_ip)]
-        if token:
-            windows.append((f"token:{token}", *self.rate_per_token))
+        if is_v2_path(request.url.path):
+            windows = self.v2_windows(request)  # v2: 250 / 300 s per IP and per key
+        else:
+            windows = [("ip", *self.rate_per_ip)]
+            if token:
+                windows.append((f"token:{token}", *self.rate_per_token))
         fixed = self.fault("window") == "fixed"
         with self.lock:
             for key, limit, window in windows:
@@ -645,12 +657,23 @@ class PerfectCorpEmulator(Emulator):
         error, mask_problem = self._engine_check(name, inputs, never_uploaded)
         if mask_problem:
             return self._bad(mask_problem)
+        task = self._new_task(name, inputs, params, output_ext, error, task_id=_opaque_id("T"))
+        with self.lock:
+            self.tasks[task.id] = task
+            if request_id is not None:
+                self.requests_seen[dedup] = task.id
+            self.counters["tasks"] += 1
+            self.counters["creates"] += 1
+        return self._ok({"task_id": task.id})
+
+    def _new_task(self, name: str, inputs: dict, params: dict, output_ext: str, error, *, task_id: str = "") -> Task:
         task = Task(
-            id=_opaque_id("T"),
+            id=task_id or secrets.token_urlsafe(40),  # v2 task ids are URL-safe (§2)
             feature=name,
             client_id=self.client_id,
             created=self.clock.now(),
-            duration=self.engine_seconds_by_feature.get(name, self.engine_seconds),
+            duration=self.engine_seconds_by_feature.get(name, self.engine_seconds)
+            * (1 + random.uniform(-self.engine_jitter, self.engine_jitter)),
             inputs=inputs,
             params=params,
             output_ext=output_ext,
@@ -658,12 +681,7 @@ class PerfectCorpEmulator(Emulator):
         )
         task.last_seen = task.created
         task.lose_at_first_poll = self.take_fault("lost_task")
-        with self.lock:
-            self.tasks[task.id] = task
-            if request_id is not None:
-                self.requests_seen[dedup] = task.id
-            self.counters["tasks"] += 1
-        return self._ok({"task_id": task.id})
+        return task
 
     def _check_params(self, name: str, params: dict) -> httpx.Response | None:
         if not isinstance(params, dict):
@@ -790,7 +808,10 @@ class PerfectCorpEmulator(Emulator):
         images = {key: _decode(self.files[ids[0]]["data"]) for key, ids in task.inputs.items()}
         src = images.get("src_ids")
         name, params = task.feature, task.params
-        if name in HAIR_FEATURES:
+        if name in HAIR_FEATURES and "ref_ids" in images:  # v2 hair-transfer from a reference photo
+            ref = images["ref_ids"]
+            outputs.append((pictures.transfer_hair(src, _faces(src), ref, _faces(ref)), {}))
+        elif name in HAIR_FEATURES:
             style = str(params["style_ids"][0])
             outputs.append((pictures.restyle_hair(src, _faces(src), style, name), {}))
         elif name == "aging":

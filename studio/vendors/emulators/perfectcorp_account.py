@@ -21,11 +21,8 @@ relies on in the emulator: `route()`, `lock`, `counters`, `clock`, `url()`,
 even if nobody polled it (the engine has ended it); the "hang" switch keeps
 it running.
 
-Auth: `Authorization: Bearer <API key>` checked against `emulator.api_keys`
-(a set, shared with the v2 task routes; created here if missing) with the
-401 shapes of §1. Switch `faults["v2_auth_shape"]`: "error" (default,
-{"status":401,"error":"Invalid API key"}) or "error_code"
-({"status":401,"error_code":"InvalidApiKey"}).
+Auth: the v2 family's own check (`V2Family._v2_refused`: the API key set, its
+401 shapes and key states); refusals are also counted as `v2_auth_rejected`.
 
 Counters: `tasks_deleted`, `delete_refused_running`, `feature_cost_pages`.
 `emulator.deleted_tasks` lists the ids deleted, in order.
@@ -42,7 +39,6 @@ import httpx
 
 from studio.vendors.emulators.base import json_response
 
-SANDBOX_API_KEY = "pc_v2_sandbox_key"
 PAGE_SIZE_MAX = 20
 
 
@@ -86,10 +82,8 @@ SKUS: tuple[Sku, ...] = (
 
 
 def install(emulator) -> None:
-    """Add the delete and feature-cost routes (and the v2 key set) to a Perfect Corp emulator."""
-    if not isinstance(getattr(emulator, "api_keys", None), set):
-        emulator.api_keys = set()
-    emulator.api_keys.add(SANDBOX_API_KEY)
+    """Add the delete and feature-cost routes to a Perfect Corp emulator whose v2 family
+    (perfectcorp_v2.V2Family: API keys, their 401 shapes) is already set up."""
     emulator.deleted_tasks = []
     emulator.skus = list(SKUS)
     emulator.route("POST", r"/s2s/v2\.0/task/delete", lambda request: _delete(emulator, request), first=True)
@@ -108,15 +102,12 @@ def _error(status: int, error: str | None, code: str | None = None) -> httpx.Res
 
 
 def _unauthorized(emulator, request: httpx.Request) -> httpx.Response | None:
-    header = request.headers.get("Authorization", "")
-    key = header[7:] if header.startswith("Bearer ") else ""  # exactly one space, as §1 says
-    if key and key in emulator.api_keys:
-        return None
-    with emulator.lock:
-        emulator.counters["v2_auth_rejected"] += 1
-    if emulator.faults.get("v2_auth_shape") == "error_code":
-        return _error(401, None, "InvalidApiKey")
-    return _error(401, "Invalid API key")
+    """The v2 family's one key check (its 401 shapes and key states), counted here too."""
+    refused = emulator._v2_refused(request)
+    if refused is not None:
+        with emulator.lock:
+            emulator.counters["v2_auth_rejected"] += 1
+    return refused
 
 
 def _finished(emulator, task) -> bool:

@@ -104,6 +104,22 @@ def restyle_hair(image: Image.Image, faces: list[FaceBox], style_id: str, varian
     return _image(rgb * (1 - 0.85 * mask) + styled * 0.85 * mask)
 
 
+def transfer_hair(
+    image: Image.Image, faces: list[FaceBox], reference: Image.Image, ref_faces: list[FaceBox]
+) -> Image.Image:
+    """v2 hairstyle from a reference photo: the reference's hair colour on the user's hair region."""
+    ref = _rgb(reference)
+    ref_mask = hair_mask(ref.shape[:2], _main_face(reference, ref_faces))
+    weight = ref_mask.sum()
+    colour = (ref * ref_mask[..., None]).sum(axis=(0, 1)) / weight if weight > 1 else ref.mean(axis=(0, 1))
+    rgb = _rgb(image)
+    mask = hair_mask(rgb.shape[:2], _main_face(image, faces))[..., None]
+    luma = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    shade = (0.35 + 0.65 * luma)[..., None]
+    styled = np.clip(np.asarray(colour, np.float32)[None, None, :] * shade * 1.6, 0, 1)
+    return _image(rgb * (1 - 0.85 * mask) + styled * 0.85 * mask)
+
+
 def estimated_age(image: Image.Image) -> int:
     """A stable 'estimate' of the person's age (20–45), derived from the pixels."""
     return 20 + _seed("age", hashlib.sha256(image.tobytes()[:65536]).hexdigest()) % 26
