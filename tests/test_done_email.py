@@ -126,7 +126,8 @@ def test_the_box_needs_a_verified_address(portrait_jpeg, smtp_server):
     assert smtp_server.to("pending@example.com") == []
 
 
-def test_the_box_is_ticked_by_default_for_slow_operations_only(member):
+def test_the_box_is_ticked_by_default_for_slow_operations_only(member, settings):
+    settings.HEADSHOT_API_KEY = "hs_live_123"  # offered only when configured (unconfigured ones are hidden)
     client, user, photo = member
     local = client.get(f"/?photo={photo.pk}&operation=studio_retouch").content.decode()
     slow = client.get(f"/?photo={photo.pk}&operation=ai_headshot").content.decode()
