@@ -24,6 +24,7 @@ from studio import segmentation
 from studio.errors import UserFacingError
 
 from studio.imaging import FaceBox
+from studio.segmentation import reduced as _reduced  # one helper for both modules
 
 Progress = Callable[[str, float], None] | None
 
@@ -95,16 +96,6 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 
 def _clamp01(value: float) -> float:
     return float(min(1.0, max(0.0, value)))
-
-
-def _reduced(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
-    """A copy whose long side is at most max_side, and the scale factor used."""
-    h, w = rgb.shape[:2]
-    scale = min(1.0, max_side / max(h, w))
-    if scale >= 1.0:
-        return rgb, 1.0
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
 
 
 def _largest(faces: list[FaceBox]) -> FaceBox | None:

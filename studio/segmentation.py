@@ -74,7 +74,7 @@ def _segmenter():
 
 def model_probability(rgb: np.ndarray) -> np.ndarray:
     """The model's person probability (float32 0..1) at the photo's resolution."""
-    small, scale = _reduced(rgb, 512)  # the network sees 256 px; 512 keeps resizing cheap
+    small, scale = reduced(rgb, 512)  # the network sees 256 px; 512 keeps resizing cheap
     with _lock:
         result = _segmenter().process(small)
     prob = np.asarray(result.segmentation_mask, dtype=np.float32)
@@ -129,7 +129,7 @@ def refine(rgb: np.ndarray, prob: np.ndarray) -> np.ndarray:
     while the rim stays feathered.
     """
     h, w = rgb.shape[:2]
-    work, scale = _reduced(rgb, REFINE_SIDE)
+    work, scale = reduced(rgb, REFINE_SIDE)
     wh, ww = work.shape[:2]
     p = prob if scale >= 1.0 else cv2.resize(prob, (ww, wh), interpolation=cv2.INTER_AREA)
     # The network's own edge is a soft ramp several pixels wide; decide inside/outside
@@ -181,7 +181,8 @@ def _guided_coefficients(guide: np.ndarray, p: np.ndarray, r: int, eps: float):
     return _box(a, r), _box(b, r)
 
 
-def _reduced(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+def reduced(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """A copy whose long side is at most max_side, and the scale factor used."""
     h, w = rgb.shape[:2]
     scale = min(1.0, max_side / max(h, w))
     if scale >= 1.0:
