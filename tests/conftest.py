@@ -34,17 +34,25 @@ def _isolated_media(settings, tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def _fresh_cache():
+def _fresh_cache(request):
     """Every test starts with an empty cache.
 
-    The database cache gets this from the test database's rollback; a Redis
-    cache outlives tests, so it is cleared (only this run's keys: studio/cache.py).
+    A Redis cache outlives tests, so it is cleared (only this run's keys:
+    studio/cache.py). The database cache is emptied by the rollback of an
+    ordinary test, but a transactional test's flush leaves its table (no
+    model owns it) as the last test left it: a log-in lock-out, say.
     """
     from django.core.cache import caches
     from django.core.cache.backends.db import DatabaseCache
 
-    if not isinstance(caches["default"], DatabaseCache):
-        caches["default"].clear()
+    cache = caches["default"]
+    if not isinstance(cache, DatabaseCache):
+        cache.clear()
+        return
+    marker = request.node.get_closest_marker("django_db")
+    if "transactional_db" in request.fixturenames or (marker and marker.kwargs.get("transaction")):
+        request.getfixturevalue("transactional_db")
+        cache.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -195,6 +195,7 @@ def test_a_job_with_several_tasks_deletes_each_and_sandbox_and_live_tasks_stay_a
 
 def test_a_deletion_waits_behind_jobs_for_the_request_budget_and_is_tried_later(pc, emulator, settings):
     settings.PERFECTCORP_RATE_PER_TOKEN = settings.PERFECTCORP_RATE_PER_IP = 10
+    settings.PERFECTCORP_V2_RATE_LIMIT = 10  # the v2 window (250 / 300 s by default)
     for _ in range(10):
         pc.budget().take(urgent=True)  # running jobs used the whole window
     started = time.monotonic()
