@@ -346,6 +346,11 @@ else:
 # cluster waits while another cluster may be idle, and is lost if that cluster
 # dies (recovery then resends it), so keep about one per worker.
 Q_CLUSTER["queue_limit"] = Q_CLUSTER["workers"]
+# django-q2's workers run local, CPU-bound operations (retouch, segmentation, …)
+# and the schedules: about one per core. Vendor jobs never take a worker: their
+# steps run on the step runner's threads (studio/steps.py, below).
+Q_CPU_WORKERS = env_int("Q_CPU_WORKERS", env_int("Q_WORKERS", os.cpu_count() or 1, minimum=1), minimum=1, maximum=64)
+Q_CLUSTER["workers"] = Q_CLUSTER["queue_limit"] = Q_CPU_WORKERS
 # A job not finished this long after it was queued is failed by the sweeper.
 STUDIO_JOB_DEADLINE_SECONDS = env_int("STUDIO_JOB_DEADLINE_SECONDS", 900, minimum=30)
 # Crash recovery (studio/recovery.py). A running job's worker refreshes its
@@ -358,6 +363,13 @@ STUDIO_JOB_DEADLINE_SECONDS = env_int("STUDIO_JOB_DEADLINE_SECONDS", 900, minimu
 STUDIO_JOB_ORPHAN_SECONDS = env_int("STUDIO_JOB_ORPHAN_SECONDS", 30, minimum=2)
 STUDIO_JOB_REQUEUE_SECONDS = env_int("STUDIO_JOB_REQUEUE_SECONDS", 60, minimum=2)
 STUDIO_RECOVERY_EVERY_SECONDS = env_int("STUDIO_RECOVERY_EVERY_SECONDS", 15, minimum=1)
+# A vendor job holds no worker (studio/steps.py): the step runner (manage.py
+# runsteps) looks this often for jobs whose next step (submit, poll, download) is due,
+STUDIO_STEP_TICK_MS = env_int("STUDIO_STEP_TICK_MS", 100, minimum=20, maximum=5000)
+# and runs this many steps at once, each on a thread (a step is mostly a wait on a socket),
+STUDIO_STEPS_AT_ONCE = env_int("STUDIO_STEPS_AT_ONCE", 32, minimum=1, maximum=256)
+# plus this many slow synchronous calls (the Headshot API's, up to 3 minutes each).
+STUDIO_SLOW_STEPS_AT_ONCE = env_int("STUDIO_SLOW_STEPS_AT_ONCE", 16, minimum=1, maximum=256)
 
 # --- Product --------------------------------------------------------------
 STUDIO_SANDBOX = env_bool("STUDIO_SANDBOX", False)

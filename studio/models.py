@@ -123,6 +123,11 @@ class Job(OwnedModel):
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # A vendor job holds no worker (studio/steps.py): step_due_at is when its next
+    # step (submit, a poll, the download) is useful; empty while a step runs or
+    # for a local job. step_owner names the step runner that runs its step now.
+    step_due_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    step_owner = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at"]

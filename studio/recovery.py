@@ -77,7 +77,8 @@ def _stale(field: str, before) -> Q:
 
 def _requeue_orphans(now) -> int:
     stale = _stale("heartbeat_at", now - timezone.timedelta(seconds=settings.STUDIO_JOB_ORPHAN_SECONDS))
-    running = Job.objects.filter(status=Job.Status.RUNNING)
+    # A parked vendor job (studio.steps) is between two steps and beats no heartbeat: not an orphan.
+    running = Job.objects.filter(status=Job.Status.RUNNING, step_due_at__isnull=True)
     count = 0
     for pk in list(running.filter(stale).values_list("pk", flat=True)[:BATCH]):
         # Conditional: a worker that beat meanwhile keeps its job, and of two
@@ -92,7 +93,8 @@ def _requeue_orphans(now) -> int:
 def _resend_lost_messages(now) -> int:
     # On a queued job, heartbeat_at is when its message was last sent (job_requeue and this module set it).
     stale = _stale("heartbeat_at", now - timezone.timedelta(seconds=settings.STUDIO_JOB_REQUEUE_SECONDS))
-    queued = Job.objects.filter(status=Job.Status.QUEUED)
+    # A vendor job due for the step runner has no message to lose (studio.steps).
+    queued = Job.objects.filter(status=Job.Status.QUEUED, step_due_at__isnull=True)
     candidates = list(queued.filter(stale).values_list("pk", flat=True)[:BATCH])
     if not candidates:
         return 0

@@ -189,9 +189,20 @@ def job_create_batch(
 
 
 def enqueue_job(job_id, *, group: str = "jobs") -> None:
-    """Send the job's task to the broker; `group` tells staff why (recovery uses its own)."""
+    """Hand a queued job to what runs it; `group` tells staff why (recovery uses its own).
+
+    A vendor job is made due for the step runner (studio/steps.py), so its
+    waits hold no worker; a local, CPU-bound one goes to django-q2's broker. In
+    sync mode (tests, scripts) there is no step runner: django-q2 runs either
+    here and now.
+    """
+    from django_q.conf import Conf
     from django_q.tasks import async_task
 
+    provider = Job.objects.filter(pk=job_id).values_list("provider", flat=True).first()
+    if provider and not get_provider(provider).runs_locally and not Conf.SYNC:
+        Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(step_due_at=timezone.now())
+        return
     async_task(
         "studio.tasks.run_job",
         str(job_id),
@@ -213,7 +224,9 @@ def job_claim(job_id) -> bool:
     now = timezone.now()
     stale_before = now - timezone.timedelta(seconds=settings.STUDIO_JOB_ORPHAN_SECONDS)
     claimable = Job.objects.filter(pk=job_id).filter(
-        Q(status=Job.Status.QUEUED) | Q(status=Job.Status.RUNNING, heartbeat_at__lt=stale_before)
+        Q(status=Job.Status.QUEUED)
+        # A parked job (waiting for its vendor, between two steps) beats no heartbeat and is no orphan.
+        | Q(status=Job.Status.RUNNING, heartbeat_at__lt=stale_before, step_due_at__isnull=True)
     )
     return (
         claimable.update(
@@ -222,9 +235,58 @@ def job_claim(job_id) -> bool:
             heartbeat_at=now,
             attempts=F("attempts") + 1,
             stage="Starting",
+            step_due_at=None,
         )
         == 1
     )
+
+
+def job_claim_step(job_id, *, owner: str = "", due_only: bool = True) -> bool | None:
+    """Take a job's due step (studio/steps.py) for the one caller that gets it.
+
+    True: a queued job, whose new run starts (attempts + 1, as job_claim);
+    False: the next step of the run in progress (a poll, or the download);
+    None: not taken (another runner has it, it is not due, or it ended).
+    `owner` names the step runner, so a dead runner's steps can be given back;
+    due_only=False takes a step before its time (a wait a webhook cut short).
+    """
+    now = timezone.now()
+    due = Job.objects.filter(pk=job_id, step_due_at__isnull=False)
+    if due_only:
+        due = due.filter(step_due_at__lte=now)
+    started = due.filter(status=Job.Status.QUEUED).update(
+        status=Job.Status.RUNNING,
+        started_at=now,
+        heartbeat_at=now,
+        attempts=F("attempts") + 1,
+        stage="Starting",
+        step_due_at=None,
+        step_owner=owner,
+    )
+    if started:
+        return True
+    if due.filter(status=Job.Status.RUNNING).update(step_due_at=None, heartbeat_at=now, step_owner=owner):
+        return False
+    return None
+
+
+def job_park(job: Job, seconds: float) -> bool:
+    """End this step: the job waits for its vendor holding nothing, its next step due in `seconds`."""
+    now = timezone.now()
+    # Due one tick early: the runner finds it within a tick, so the step is sent no later than asked.
+    seconds = max(0.0, seconds - settings.STUDIO_STEP_TICK_MS / 1000)
+    parked = (
+        Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts, step_due_at__isnull=True)
+        .update(step_due_at=now + timezone.timedelta(seconds=seconds), heartbeat_at=now)
+        == 1
+    )
+    # A webhook that came while this step ran found no parked job to wake: its
+    # signal waits in wakeup, so take it now (after parking, or one could slip between).
+    if parked and wakeup.wait(job.pk, 0):
+        from studio import steps
+
+        steps.job_wake(job.pk)
+    return parked
 
 
 def job_report(job_id, stage: str, fraction: float | None = None) -> None:
@@ -374,10 +436,15 @@ def _store_output(job: Job, index: int, output: Output) -> list:
 
 
 RAN, SKIPPED = "ran", "skipped"
+PARKED = "parked"  # a step ended with the job waiting for its vendor
 
 
 def job_run(job_id) -> str:
-    """Run one job to a terminal state: submit, poll, fetch, store.
+    """Run a queued job to a terminal state in this process (a django-q2 task).
+
+    Local operations always run so. A vendor job comes here only in sync mode
+    (tests, scripts) or from a message queued before the step runner existed:
+    it then waits between its steps here instead of parked.
 
     Returns RAN, or SKIPPED when another delivery has the job: django-q2
     keeps it as the task's result, a record of every delivery that staff
@@ -386,17 +453,35 @@ def job_run(job_id) -> str:
     if not job_claim(job_id):
         log.info("job %s already claimed or finished; skipping", job_id)
         return SKIPPED
-    job = Job.objects.select_related("photo", "photo__source_result__job", "reference_photo").get(pk=job_id)
-    log.info("job %s claimed (attempt %s)", job.pk, job.attempts)
-    with _heartbeat(job.pk, job.attempts):
-        _run_claimed_to_the_end(job)
+    outcome = _step(job_id, first=True)
+    while outcome == PARKED:
+        due = Job.objects.filter(pk=job_id).values_list("step_due_at", flat=True).first()
+        if due is not None:
+            wakeup.wait(job_id, (due - timezone.now()).total_seconds())
+        if job_claim_step(job_id, due_only=False) is not False:
+            break  # ended meanwhile (the sweeper), or a step runner took the step
+        outcome = _step(job_id, first=False)
     return RAN
 
 
-def _run_claimed_to_the_end(job: Job) -> None:
-    """Every ending of a claimed run becomes a terminal state (or a requeue)."""
+def job_step(job_id, *, first: bool) -> str | None:
+    """One step that studio.steps claimed: the start (or resumption) of a run, a poll, or the download."""
+    return _step(job_id, first=first)
+
+
+def _step(job_id, *, first: bool) -> str | None:
+    job = Job.objects.select_related("photo", "photo__source_result__job", "reference_photo").get(pk=job_id)
+    # "claimed" once per run (the exactly-once test counts these lines), "step" for each later step.
+    log.info("job %s %s (attempt %s)", job.pk, "claimed" if first else "step", job.attempts)
+    with _heartbeat(job.pk, job.attempts):
+        return _run_claimed_to_the_end(job, resumed=first)
+
+
+def _run_claimed_to_the_end(job: Job, *, resumed: bool = True) -> str | None:
+    """Every ending of a claimed step becomes a terminal state, a requeue or a parked wait."""
     try:
-        _run_claimed(job)
+        if _run_claimed(job, resumed=resumed) == PARKED:
+            return PARKED
     except VendorError as exc:
         # A provider still waiting for vendor capacity when its worker's time runs
         # out hands the job back to the queue (it has sent nothing yet).
@@ -418,7 +503,9 @@ def _read(field) -> bytes:
         return fh.read()
 
 
-def _run_claimed(job: Job) -> None:
+def _run_claimed(job: Job, *, resumed: bool = True) -> str | None:
+    """One step: submit (or, for a job that has its vendor task, one poll), then either
+    park the job until the next poll is useful (PARKED) or fetch and store the results."""
     operation = job.operation_spec
     if operation is None:
         raise VendorError("This operation is no longer offered. Please pick another one.")
@@ -430,11 +517,12 @@ def _run_claimed(job: Job) -> None:
         job_id=str(job.pk),
         operation=operation,
         params=job.params,
-        image=_read(job.photo.image) if job.photo else b"",  # b"": a text-only operation
+        # Files are read when a provider first uses them (a poll doesn't): see JobInput.
+        image=(lambda: _read(job.photo.image)) if job.photo else b"",  # b"": a text-only operation
         faces=job.photo.face_boxes if job.photo else [],
         request_id=job.request_id,
-        reference=_read(job.reference_photo.image) if job.reference_photo else None,
-        mask=_read(job.mask) if job.mask else None,
+        reference=(lambda: _read(job.reference_photo.image)) if job.reference_photo else None,
+        mask=(lambda: _read(job.mask)) if job.mask else None,
         source_meta={**source.job.vendor_meta, **source.meta, "provider": source.job.provider} if source else {},
         photo_id=str(job.photo.pk) if job.photo else "",
         sandbox=job.sandbox,
@@ -445,20 +533,24 @@ def _run_claimed(job: Job) -> None:
     )
     deadline = job_input.deadline
     progress: Progress | None = None
-    if job.vendor_task_id:
-        job_report(job.pk, "Resuming", None)
-    else:
+    if not job.vendor_task_id:
         submission = provider.submit(job_input)
         Job.objects.filter(pk=job.pk).update(vendor_task_id=submission.task_id[:200])
         job.vendor_task_id = submission.task_id
         progress = submission.progress
-    while progress is None or not progress.finished:
+    elif resumed:
+        job_report(job.pk, "Resuming", None)
+    if progress is None:  # a resumed run or a later step: ask the vendor now
         if time.time() > deadline:
             raise VendorError(TIMED_OUT, permanent=True)
-        if progress is not None:
-            wakeup.wait(job.pk, _pause_before_poll(progress, deadline))
         progress = provider.poll(job_input, job.vendor_task_id)
         job_report(job.pk, progress.stage or "Processing", progress.fraction)
+    if not progress.finished:
+        if time.time() > deadline:
+            raise VendorError(TIMED_OUT, permanent=True)
+        if job_park(job, _pause_before_poll(progress, deadline)):
+            return PARKED
+        return None  # ended meanwhile (the sweeper): nothing more to do
     job_report(job.pk, "Saving results", 0.97)
     _record_vendor_report(job, progress)
     _store_outputs(job, provider.fetch_results(job_input, progress))

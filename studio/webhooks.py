@@ -27,7 +27,7 @@ from django.core.cache import cache
 from django.db.models import Q
 from django.urls import reverse
 
-from studio import wakeup, webhook_signatures
+from studio import steps, wakeup, webhook_signatures
 from studio.models import Job
 from studio.vendors.http import is_public_address
 
@@ -71,9 +71,16 @@ def perfectcorp_delivery(*, secret: str, headers, body: bytes, now: float | None
     # to vendor_task_id (and a re-run's task only there): a fast task's webhook finds it either way.
     matching = Q(vendor_task_id=task_id) | Q(vendor_state__task_id=task_id)
     for job_id in _running("perfectcorp").filter(matching).values_list("pk", flat=True):
-        wakeup.wake(job_id)
+        _wake(job_id)
         woken += 1
     return woken
+
+
+def _wake(job_id) -> None:
+    """The job's next step is due now if it is parked (studio.steps); the signal
+    first, so a step running now parks and finds it (services.job_park)."""
+    wakeup.wake(job_id)
+    steps.job_wake(job_id)
 
 
 def _perfectcorp_task_id(body: bytes) -> str:
@@ -116,7 +123,7 @@ def wavespeed_delivery(token: str) -> bool:
         return False
     job = _running("wavespeed").filter(pk=job_id).values_list("pk", flat=True).first()
     if job is not None:
-        wakeup.wake(job)
+        _wake(job)
     return True
 
 

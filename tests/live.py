@@ -33,6 +33,7 @@ import contextlib
 BASE_DIR = Path(__file__).resolve().parent.parent
 PYTHON = BASE_DIR / ".venv" / "bin" / "python"
 READY_LINE = "running."  # django-q2: "Q Cluster <name> running."
+STEPS_READY = "Step runner ready"  # studio.steps.READY
 
 
 class Cluster:
@@ -58,7 +59,8 @@ class Cluster:
         self.name = name
         self.extra_env = dict(env or {})  # e.g. short recovery thresholds
         self.log_path = data_dir / (f"qcluster-{name}.log" if name else "qcluster.log")
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | None = None  # the cluster (local operations), leader of its process group
+        self.steps_proc: subprocess.Popen | None = None  # the step runner (vendor jobs' steps)
         self._log = None
         self._log_from = 0  # where this start's lines begin (a restarted cluster appends)
 
@@ -71,7 +73,7 @@ class Cluster:
             SECRET_KEY_FILE=str(self.secret_file),
             DATABASE_URL=self.database_url,
             STUDIO_DATA_DIR=str(self.data_dir),
-            Q_WORKERS=str(self.workers),
+            Q_CPU_WORKERS=str(self.workers),
             Q_SYNC="0",
             DJANGO_SETTINGS_MODULE="portraitstudio.settings",
             LOG_LEVEL="INFO",
@@ -98,17 +100,17 @@ class Cluster:
         return env
 
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> Cluster:
+        """Start the machine's cluster (local operations) and step runner (vendor jobs), as runstudio does."""
         assert self.proc is None, "cluster already started"
         self._log_from = len(self.log())
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [str(PYTHON), "manage.py", "qcluster"],
-            cwd=BASE_DIR,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: workers are stopped with it
+        env = self.env
+        common = dict(cwd=BASE_DIR, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # Each its own process group: workers are stopped (or killed, as a dead machine) with it.
+        self.proc = subprocess.Popen([str(PYTHON), "manage.py", "qcluster"], env=env, start_new_session=True, **common)
+        # And the machine's step runner: vendor jobs' submits, polls and downloads (studio/steps.py).
+        self.steps_proc = subprocess.Popen(
+            [str(PYTHON), "manage.py", "runsteps"], env=env, start_new_session=True, **common
         )
         if wait:
             self.wait_ready(timeout)
@@ -117,9 +119,11 @@ class Cluster:
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"qcluster exited with code {self.proc.returncode}\n{self.log()}")
-            if READY_LINE in self.log()[self._log_from :]:
+            for proc in (self.proc, self.steps_proc):
+                if proc.poll() is not None:
+                    raise AssertionError(f"qcluster exited with code {proc.returncode}\n{self.log()}")
+            started = self.log()[self._log_from :]
+            if READY_LINE in started and STEPS_READY in started:
                 return
             time.sleep(0.1)
         raise AssertionError(f"qcluster not running after {timeout:.0f} s\n{self.log()}")
@@ -131,36 +135,46 @@ class Cluster:
             return ""
 
     def stop(self, timeout: float = 10.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # graceful: the sentinel stops its workers
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout)
-        if proc is not None:
-            # Whatever is left of this cluster's own process group (only ours).
+        procs = [self.proc, self.steps_proc]
+        self.proc = self.steps_proc = None
+        for each in procs:
+            if each is not None and each.poll() is None:
+                each.send_signal(signal.SIGTERM)  # graceful: the sentinel stops its workers
+        for each in procs:
+            if each is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    each.wait(timeout)
+        for each in procs:
+            if each is None:
+                continue
+            # Whatever is left of this cluster's own process groups (only ours).
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(each.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
+                each.wait(5)
         if self._log is not None:
             self._log.close()
             self._log = None
 
     def kill(self) -> None:
         """SIGKILL every process of this cluster at once, as when its machine dies: no hook, no cleanup."""
-        proc, self.proc = self.proc, None
-        assert proc is not None, "cluster not running"
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        procs = [self.proc, self.steps_proc]
+        self.proc = self.steps_proc = None
+        assert procs[0] is not None, "cluster not running"
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for proc in procs:
+            proc.wait(10)
         self._log.close()
         self._log = None
 
     def pids(self) -> list[int]:
-        """Every live process of this cluster (its process group): sentinel, workers, pusher, monitor."""
+        """Every live process of this machine (cluster and step runner process groups): sentinel, workers, pusher, monitor, step runner."""
         if self.proc is None:
             return []
-        return [pid for pid, pgid in _process_groups().items() if pgid == self.proc.pid]
+        groups = {proc.pid for proc in (self.proc, self.steps_proc) if proc is not None}
+        return [pid for pid, pgid in _process_groups().items() if pgid in groups]
 
     def pid_for_port(self, port: int) -> int | None:
         """The process of this cluster that owns the TCP connection with local `port`, if any."""
@@ -184,8 +198,9 @@ class Cluster:
             jobs = {str(job.pk): job for job in Job.objects.filter(pk__in=ids)}
             if len(jobs) == len(ids) and all(job.status in statuses for job in jobs.values()):
                 return [jobs[job_id] for job_id in ids]
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"qcluster died (code {self.proc.returncode})\n{self.log()}")
+            for proc in (self.proc, self.steps_proc):
+                if proc is not None and proc.poll() is not None:
+                    raise AssertionError(f"qcluster died (code {proc.returncode})\n{self.log()}")
             if time.monotonic() > deadline:
                 state = {job_id: (job.status, job.stage) for job_id, job in jobs.items()}
                 raise AssertionError(f"jobs not finished after {timeout:.0f} s: {state}\n{self.log()}")

@@ -93,11 +93,43 @@ class JobInput:
         self.save_state_callback(dict(self.state))
 
 
+class _ReadOnFirstUse:
+    """A JobInput file given as a zero-argument function is read the first time it is used.
+
+    The job runner builds a JobInput for every step of a job, and most steps
+    (a poll) never look at the photo: on S3 that would be a download per poll.
+    """
+
+    def __set_name__(self, owner, name):
+        self.slot = f"_{name}"
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.slot]
+        if callable(value):
+            value = obj.__dict__[self.slot] = value()
+        return value
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.slot] = value
+
+
+# Installed after @dataclass made __init__, whose assignments now go through them.
+for _name in ("image", "reference", "mask"):
+    _field = _ReadOnFirstUse()
+    _field.__set_name__(JobInput, _name)
+    setattr(JobInput, _name, _field)
+
+
 class Provider(ABC):
     key: str = ""
     label: str = ""
     # True when the photo never leaves this server.
     runs_locally: bool = False
+    # True when a call may hold its connection for minutes (a synchronous API):
+    # the step runner gives such calls threads of their own (studio/steps.py).
+    slow_calls: bool = False
     # Shown before submit: where the photo goes and how long it is kept there.
     data_notice: str = ""
     # Shown on the privacy page: whether we can have the vendor delete its copies, and how.

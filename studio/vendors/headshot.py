@@ -47,6 +47,7 @@ class HeadshotProvider(RemoteProvider):
     required_settings = ("HEADSHOT_API_BASE_URL", "HEADSHOT_API_KEY")
     base_url_setting = "HEADSHOT_API_BASE_URL"
     api_key_setting = "HEADSHOT_API_KEY"
+    slow_calls = True  # one synchronous call of up to 3 minutes
     data_notice = (
         "Your photo is sent to the Headshot API (idphoto.ai) together with the template's prompt. "
         "The headshots come back in the same answer and are stored only here. The vendor does not "

@@ -18,7 +18,7 @@ from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
-    help = "Start the web server (gunicorn) and a background worker (qcluster) together."
+    help = "Start the web server (gunicorn), the background worker (qcluster) and the step runner together."
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -55,6 +55,11 @@ class Command(BaseCommand):
             _wait_listening(emulator_port, children["emulators"])
         children["web"] = subprocess.Popen(web, cwd=settings.BASE_DIR, env=env, start_new_session=True)
         children["worker"] = subprocess.Popen(worker, cwd=settings.BASE_DIR, env=env, start_new_session=True)
+        # The cluster runs local (CPU-bound) operations; the step runner runs vendor
+        # jobs' steps as they fall due, on threads (studio/steps.py).
+        children["step runner"] = subprocess.Popen(
+            [python, "manage.py", "runsteps"], cwd=settings.BASE_DIR, env=env, start_new_session=True
+        )
         self.stdout.write(self.style.SUCCESS(f"\nPortrait Studio is running at http://{shown_host}:{port}/"))
         self.stdout.write(f"Data (database, photos) is kept in {settings.DATA_DIR}. Press Ctrl-C to stop.\n")
 

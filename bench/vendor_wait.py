@@ -1,0 +1,315 @@
+"""Vendor jobs in flight: this runner (parked steps) against today's main (a worker per wait).
+
+Both runners get the same load in one invocation, each on a fresh data
+directory (embedded defaults: SQLite, the ORM broker, media on disk) and
+fresh emulators served by this process (studio/vendors/emulators/host.py):
+Perfect Corp with an 8 s engine, WaveSpeed with 3 s (two stages of 1.5 s),
+and no vendor rate limit. Half the jobs are Perfect Corp colorize, half
+WaveSpeed portrait, all created at once; a local retouch is submitted once
+the vendor jobs are in flight, and its submit → stored time is compared with
+its own processing time (started → finished).
+
+- new: this tree; the site's cluster (Q_CPU_WORKERS) for local work, the
+  vendor cluster (Q_WORKERS) for vendor submits and the step runner for the
+  parked jobs' polls and downloads, as runstudio starts them.
+- baseline: `git archive <rev>` of today's runner (default: main) in a
+  temporary directory, with its one cluster of Q_WORKERS workers.
+
+Reported per runner: jobs finished (of those sent) within the time cap, jobs
+finished per minute (first submit → last stored), p50/p95 submit → stored,
+the overhead of p50 above the vendor's own time, the most jobs in flight at
+once (submitted at the vendor and not yet stored), peak RSS and PSS summed over
+every process of the clusters (PSS counts memory shared by forked processes
+once), and the retouch's times.
+
+Run: .venv/bin/python -m bench.vendor_wait [--jobs 200] [--workers 4] [--new-workers 2] [--cap 240] [--baseline-rev main]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+PC_ENGINE_S, WS_STAGE_S = 8.0, 1.5  # WaveSpeed: created → processing → completed, 1.5 s each
+VENDOR_SECONDS = {"pc_colorize": PC_ENGINE_S, "ws_portrait": 2 * WS_STAGE_S}
+
+CREATE = """
+import sys, json
+from studio import services
+from studio.operations import get_operation
+from studio.ownership import Owner
+from tests import images
+owner = Owner(visitor_id="bench-vendor-wait")
+photo = services.photo_create(owner=owner, data=images.to_bytes(images.astronaut(), "JPEG", quality=90))
+kinds = sys.argv[-1].split(",")
+ids = []
+for kind in kinds:
+    op = get_operation(kind)
+    params, errors = op.clean_params({})
+    assert not errors, errors
+    ids.append(str(services.job_create(owner=owner, photo=photo, operation=op, params=params).pk))
+print("IDS " + json.dumps(ids))
+"""
+
+
+def _emulators():
+    from studio.vendors.emulators.host import EmulatorHost
+    from studio.vendors.emulators.perfectcorp import PerfectCorpEmulator
+    from studio.vendors.emulators.wavespeed import WaveSpeedEmulator
+
+    pc = PerfectCorpEmulator()
+    pc.engine_seconds = PC_ENGINE_S
+    pc.rate_per_token = pc.rate_per_ip = (10_000_000, 60.0)
+    if hasattr(pc, "rate_v2"):
+        pc.rate_v2 = (10_000_000, 300.0)
+    ws = WaveSpeedEmulator(rate_per_minute=10_000_000, concurrency=100_000, stage_seconds=WS_STAGE_S)
+    return EmulatorHost({"perfectcorp": pc, "wavespeed": ws})
+
+
+class Runner:
+    """One runner's site: its tree, data directory and clusters."""
+
+    def __init__(self, label: str, tree: Path, *, workers: int, two_clusters: bool, sandbox_url: str):
+        self.label, self.tree, self.two_clusters = label, tree, two_clusters
+        self.data_dir = Path(tempfile.mkdtemp(prefix=f"studio-bench-{label}-"))
+        (self.data_dir / "secret").write_text(secrets.token_urlsafe(50))
+        inherited = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DJANGO_SETTINGS_MODULE")}
+        for key in ("DATABASE_URL", "REDIS_URL", "AWS_STORAGE_BUCKET_NAME"):
+            inherited.pop(key, None)  # the embedded defaults, for both
+        self.env = {
+            **inherited,
+            "DJANGO_SETTINGS_MODULE": "portraitstudio.settings",
+            "STUDIO_DATA_DIR": str(self.data_dir),
+            "SECRET_KEY_FILE": str(self.data_dir / "secret"),
+            "STUDIO_PUBLIC_URL": "http://127.0.0.1:9",
+            "STUDIO_SANDBOX": "1",
+            "STUDIO_SANDBOX_URL": sandbox_url,
+            "DEBUG": "0",
+            "LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+            "Q_WORKERS": str(workers),
+            "PERFECTCORP_RATE_PER_TOKEN": "10000000",
+            "PERFECTCORP_RATE_PER_IP": "10000000",
+            "PERFECTCORP_V2_RATE_LIMIT": "10000000",
+            "STUDIO_JOB_DEADLINE_SECONDS": "3600",
+            # No web server runs here to receive webhooks: every job polls (the harder case).
+            "WAVESPEED_WEBHOOKS": "0",
+            "PERFECTCORP_WEBHOOKS": "0",
+            "STUDIO_MAX_CONCURRENT_JOBS": "100000",
+            "STUDIO_JOBS_PER_HOUR": "100000",
+        }
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list = []
+
+    def manage(self, *args: str, capture=False) -> str:
+        done = subprocess.run([sys.executable, "manage.py", *args], cwd=self.tree, env=self.env, check=True,
+                              capture_output=True, text=True)
+        return done.stdout if capture else ""
+
+    def start(self) -> None:
+        self.manage("migrate", "--noinput")
+        names = [("", {})]
+        if self.two_clusters:
+            names.append(("-vendors", {"Q_CLUSTER_NAME": "portraitstudio-vendors"}))
+        for suffix, extra in names:
+            log = open(self.data_dir / f"qcluster{suffix}.log", "ab")
+            self.logs.append(log)
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "manage.py", "qcluster"], cwd=self.tree, env={**self.env, **extra, "LOG_LEVEL": "INFO"},
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            ))
+        if self.two_clusters:  # and the step runner: parked jobs' polls and downloads
+            log = open(self.data_dir / "qcluster-steps.log", "ab")
+            self.logs.append(log)
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "manage.py", "runsteps"], cwd=self.tree, env=self.env,
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            ))
+        deadline = time.monotonic() + 60
+        while self.log().count("running.") < len(names) or (self.two_clusters and "Step runner ready" not in self.log()):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+                raise RuntimeError(f"{self.label}: clusters did not start\n{self.log()}")
+            time.sleep(0.2)
+
+    def log(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.data_dir.glob("qcluster*.log"))
+
+    def create(self, kinds: list[str]) -> list[str]:
+        out = self.manage("shell", "-c", CREATE.replace("sys.argv[-1]", repr(",".join(kinds))), capture=True)
+        return json.loads(out.split("IDS ", 1)[1].strip())
+
+    def memory_mb(self) -> tuple[float, float]:
+        """(RSS, PSS) summed over every process of the clusters (and the step runner with its steps).
+
+        RSS counts memory that forked processes share once per process; PSS splits
+        it between them, so it is the memory the machine really spends.
+        """
+        rss = pss = 0
+        for proc in self.procs:
+            out = subprocess.run(["ps", "-o", "pid=", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+            for pid in out.split():
+                with contextlib.suppress(OSError):
+                    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                        if line.startswith("Rss:"):
+                            rss += int(line.split()[1])
+                        elif line.startswith("Pss:"):
+                            pss += int(line.split()[1])
+        return rss / 1024, pss / 1024
+
+    def rows(self, ids: list[str]) -> dict[str, tuple]:
+        db = sqlite3.connect(self.data_dir / "studio.sqlite3", timeout=30)
+        try:
+            marks = ",".join("?" * len(ids))
+            found = db.execute(
+                f"SELECT id, status, operation, created_at, started_at, finished_at, vendor_task_id, error_message FROM studio_job "
+                f"WHERE id IN ({marks})", [i.replace("-", "") for i in ids]
+            ).fetchall()
+        finally:
+            db.close()
+        return {row[0]: row[1:] for row in found}
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(15)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for log in self.logs:
+            log.close()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _when(value) -> float | None:
+    return datetime.fromisoformat(value).timestamp() if value else None
+
+
+def measure(runner: Runner, jobs: int, cap: float) -> dict:
+    kinds = ["pc_colorize" if i % 2 == 0 else "ws_portrait" for i in range(jobs)]
+    runner.start()
+    peak = [runner.memory_mb()]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.wait(0.5):
+            with contextlib.suppress(Exception):
+                peak.append(runner.memory_mb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    began = time.time()
+    ids = runner.create(kinds)
+    in_flight_peak, retouch_id = 0, None
+    while time.time() - began < cap:
+        rows = runner.rows(ids)
+        done = sum(1 for r in rows.values() if r[0] in ("succeeded", "failed"))
+        in_flight = sum(1 for r in rows.values() if r[0] == "running" and r[5])
+        in_flight_peak = max(in_flight_peak, in_flight)
+        if retouch_id is None and (in_flight >= jobs // 2 or time.time() - began > 30):
+            (retouch_id,) = runner.create(["studio_retouch"])
+        if done == len(ids) and retouch_id and runner.rows([retouch_id]).get(retouch_id.replace("-", ""), ("",))[0] in (
+            "succeeded", "failed"
+        ):
+            break
+        time.sleep(0.5)
+    stop.set()
+    sampler.join()
+    rows = runner.rows(ids)
+    retouch = runner.rows([retouch_id]).get(retouch_id.replace("-", "")) if retouch_id else None
+    runner.stop()
+
+    finished = [r for r in rows.values() if r[0] == "succeeded"]
+    failed = sum(1 for r in rows.values() if r[0] == "failed")
+    spans = sorted(_when(r[4]) - _when(r[2]) for r in finished)
+    overhead = sorted(_when(r[4]) - _when(r[2]) - VENDOR_SECONDS[r[1]] for r in finished)
+    first = min((_when(r[2]) for r in rows.values()), default=began)
+    last = max((_when(r[4]) for r in finished), default=first)
+    q = statistics.quantiles(spans, n=20) if len(spans) >= 2 else [float("nan")] * 19
+    result = {
+        "runner": runner.label,
+        "sent": len(ids),
+        "finished": len(finished),
+        "failed": failed,
+        "per_minute": round(len(finished) / max(last - first, 1e-9) * 60, 1) if finished else 0.0,
+        "p50_s": round(statistics.median(spans), 2) if spans else None,
+        "p95_s": round(q[18], 2) if spans else None,
+        "overhead_p50_ms": round(statistics.median(overhead) * 1000) if overhead else None,
+        # Where the time goes: waiting for a worker to submit, then submit → stored.
+        "queued_p50_s": round(statistics.median(_when(r[3]) - _when(r[2]) for r in finished), 2) if finished else None,
+        "claimed_to_stored_p50_s": round(statistics.median(_when(r[4]) - _when(r[3]) for r in finished), 2)
+        if finished else None,
+        "in_flight_peak": in_flight_peak,
+        "peak_rss_mb": round(max(r for r, _ in peak)),
+        "peak_pss_mb": round(max(p for _, p in peak)),
+        "errors": dict(Counter(r[6][:80] for r in rows.values() if r[0] == "failed")),
+    }
+    if retouch and retouch[0] == "succeeded":
+        result["retouch_total_s"] = round(_when(retouch[4]) - _when(retouch[2]), 2)
+        result["retouch_processing_s"] = round(_when(retouch[4]) - _when(retouch[3]), 2)
+    else:
+        result["retouch"] = retouch[0] if retouch else "not sent"
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=4, help="the baseline's Q_WORKERS (its one cluster)")
+    parser.add_argument("--new-workers", type=int, default=2,
+                        help="the new vendor cluster's Q_WORKERS (it only submits; polls run in the step runner)")
+    parser.add_argument("--cap", type=float, default=240.0, help="seconds each runner gets at most")
+    parser.add_argument("--baseline-rev", default="main")
+    parser.add_argument("--only", choices=("new", "baseline"), default=None)
+    args = parser.parse_args()
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portraitstudio.settings")
+    os.environ.setdefault("STUDIO_DATA_DIR", tempfile.mkdtemp(prefix="studio-bench-host-"))
+    import django
+
+    django.setup()
+    baseline_tree = Path(tempfile.mkdtemp(prefix="studio-baseline-"))
+    subprocess.run(f"git archive {args.baseline_rev} | tar -x -C {baseline_tree}", shell=True, cwd=BASE_DIR, check=True)
+    results = []
+    try:
+        for label, tree, two in (("new", BASE_DIR, True), ("baseline", baseline_tree, False)):
+            if args.only and args.only != label:
+                continue
+            with _emulators().serve() as url:
+                workers = args.new_workers if label == "new" else args.workers
+                runner = Runner(label, tree, workers=workers, two_clusters=two, sandbox_url=url)
+                try:
+                    results.append(measure(runner, args.jobs, args.cap))
+                finally:
+                    with contextlib.suppress(Exception):
+                        runner.stop()
+            print(json.dumps(results[-1]), flush=True)
+    finally:
+        shutil.rmtree(baseline_tree, ignore_errors=True)
+    print(f"\n{args.jobs} vendor jobs (half Perfect Corp 8 s, half WaveSpeed 3 s), Q_WORKERS new={args.new_workers} "
+          f"baseline={args.workers}, "
+          f"cap {args.cap:.0f} s, {os.cpu_count()} cores")
+    columns = list(results[0]) if results else []
+    for row in results:
+        print("  ".join(f"{k}={row.get(k)}" for k in columns))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Waiting costs nothing: a vendor job is a sequence of short steps, not a process.
+
+django-q2's workers run local (CPU-bound) operations only. A vendor job is
+never a worker's: it waits in the job table with `step_due_at` set to when
+its next step is useful (submit: at once; a poll: when the vendor may be
+done), and the step runner (`manage.py runsteps`, started by runstudio, one
+or more per machine) claims steps as they fall due and runs each on one of
+its threads: a submit, one poll, or the download and storing once the vendor
+is done. Between two steps the job holds nothing, not even a thread; a
+webhook makes its next step due at once (`job_wake`).
+
+Why threads in one long-lived process, not a process per step or a
+django-q2 task per step (docs/architecture.md has the measurements):
+- a vendor step is almost all waiting on a socket, which a thread does for a
+  few hundred kilobytes; a forked process per step paid about 2 s of new
+  PostgreSQL, Redis and S3 connections on the scaled configuration;
+- django-q2's scheduler fires about every 30 s, too coarse for Perfect Corp's
+  10-second rule, and a poll sent as a task waits behind every new job.
+
+Slow calls (the Headshot API answers synchronously, after up to 3 minutes)
+run on a pool of their own, so they can never take the threads polls need.
+
+Exactly once: a step is claimed by a conditional update (due → not due,
+this runner's id written on the job), so of all runners on all machines one
+runs it. If the runner process dies (SIGKILL, out of memory), its parent
+puts the jobs whose step was in flight back at once as new runs, which
+resume from the persisted vendor task; if the whole machine dies,
+studio.recovery finds them by their stale heartbeat, as for any worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+from studio import services
+from studio.models import Job
+
+log = logging.getLogger(__name__)
+
+READY = "Step runner ready"
+
+
+def _parked():
+    return Job.objects.filter(status=Job.Status.RUNNING, step_due_at__isnull=False)
+
+
+def job_wake(job_id) -> bool:
+    """A webhook says the vendor is done: the parked job's next step is due now.
+
+    A job whose step is running now is not parked: job_park finds the wake-up signal.
+    """
+    return _parked().filter(pk=job_id).update(step_due_at=timezone.now()) == 1
+
+
+@functools.cache
+def slow_providers() -> tuple[str, ...]:
+    from studio.vendors.base import PROVIDERS, get_provider
+
+    return tuple(key for key in PROVIDERS if get_provider(key).slow_calls)
+
+
+def due_job_ids(limit: int, *, slow: bool | None = None, now=None) -> list:
+    """Jobs whose next step is due, oldest due first; `slow` picks the slow-call providers' (or the others)."""
+    due = Job.objects.filter(
+        status__in=(Job.Status.QUEUED, Job.Status.RUNNING), step_due_at__lte=now or timezone.now()
+    )
+    if slow is not None:
+        slow_keys = slow_providers()
+        if slow and not slow_keys:
+            return []
+        due = due.filter(provider__in=slow_keys) if slow else due.exclude(provider__in=slow_keys)
+    return list(due.order_by("step_due_at").values_list("pk", flat=True)[:limit])
+
+
+class Stepper:
+    """Claims due steps and runs each on a thread, never more at once than it has threads."""
+
+    def __init__(self, at_once: int, slow_at_once: int = 1, owner: str = ""):
+        self.owner = owner or new_owner_id()
+        self.capacity = {False: at_once, True: slow_at_once}
+        self.pools = {
+            slow: ThreadPoolExecutor(max_workers=size, thread_name_prefix="slow-step" if slow else "step")
+            for slow, size in self.capacity.items()
+        }
+        self.in_flight = {False: 0, True: 0}
+        self.lock = threading.Lock()
+        self.freed = threading.Event()  # set when a step ends: its thread can take the next at once
+
+    def tick(self) -> int:
+        """Claim and start the due steps there is room for; how many it started."""
+        started = 0
+        for slow in (False, True):
+            with self.lock:
+                free = self.capacity[slow] - self.in_flight[slow]
+            if free <= 0:
+                continue
+            candidates = due_job_ids(free, slow=slow)
+            random.shuffle(candidates)  # other runners look at the same rows
+            for pk in candidates:
+                first = services.job_claim_step(pk, owner=self.owner)
+                if first is None:
+                    continue  # another runner took it, or it ended
+                with self.lock:
+                    self.in_flight[slow] += 1
+                self.pools[slow].submit(self._run, pk, first, slow)
+                started += 1
+        return started
+
+    def _run(self, pk, first: bool, slow: bool) -> None:
+        try:
+            close_old_connections()
+            services.job_step(pk, first=first)
+        except BaseException:  # job_step ends the job itself; this is a last resort
+            log.exception("step of job %s failed", pk)
+        finally:
+            with self.lock:
+                self.in_flight[slow] -= 1
+            self.freed.set()
+
+    def busy(self) -> int:
+        with self.lock:
+            return sum(self.in_flight.values())
+
+    def shutdown(self) -> None:
+        """Stop taking steps; the steps in hand finish."""
+        for pool in self.pools.values():
+            pool.shutdown(wait=True)
+
+
+def new_owner_id() -> str:
+    return f"{os.uname().nodename[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def release_steps_of(owner: str) -> int:
+    """Jobs whose step was in flight in a runner that died go back as new runs, due now.
+
+    The next run resumes from what the dead one persisted (services._run_claimed);
+    a run that was creating a vendor task without request_id ends instead of
+    creating it again (the Perfect Corp v2 "creating" mark).
+    """
+    from studio.recovery import RESUMING
+
+    now = timezone.now()
+    return Job.objects.filter(status=Job.Status.RUNNING, step_due_at__isnull=True, step_owner=owner).update(
+        status=Job.Status.QUEUED, stage=RESUMING, step_due_at=now, heartbeat_at=now
+    )
+
+
+# --- the step runner process: `manage.py runsteps` ---------------------------------------
+#
+# Not threads inside django-q2's workers: an idle worker waits for tasks holding
+# its cluster's queue lock, and one killed there leaves the lock held and the
+# whole cluster deaf. So the runner is a process of its own, whose parent only
+# restarts it if it dies (and gives back the steps it had in flight).
+
+
+def run_forever(*, at_once: int, slow_at_once: int, stdout=None) -> None:
+    """Supervise one step-runner child: start it, restart it if it dies, stop it on SIGTERM/SIGINT."""
+    import multiprocessing
+
+    from django.db import connections
+
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    context = multiprocessing.get_context("fork")
+    child, owner = None, ""
+    while not stopping.is_set():
+        if child is None or not child.is_alive():
+            if child is not None:
+                released = _release_after_death(owner)
+                log.critical(
+                    "step runner %s died (exit code %s); %s steps in flight resume; starting another",
+                    child.pid,
+                    child.exitcode,
+                    released,
+                )
+            connections.close_all()  # a forked child must not share the parent's connections
+            owner = new_owner_id()
+            child = context.Process(
+                target=_child, args=(at_once, slow_at_once, owner), name="studio-steps", daemon=False
+            )
+            child.start()
+            if stdout is not None:
+                stdout.write(f"{READY} (pid {child.pid}, {at_once} steps and {slow_at_once} slow calls at once)\n")
+                stdout.flush()
+        stopping.wait(0.2)
+    if child is not None and child.is_alive():
+        child.terminate()  # SIGTERM: the child stops claiming and finishes the steps in hand
+        child.join(60)
+
+
+def _release_after_death(owner: str) -> int:
+    try:
+        return release_steps_of(owner)
+    except Exception:  # the database away: recovery finds them by their heartbeat later
+        log.exception("could not give back the steps of a dead step runner")
+        return 0
+    finally:
+        connection.close()
+
+
+def _warm_up() -> None:
+    """Load, once, what the first steps would otherwise load one after another: the
+    providers' modules and the media storage's client (boto3 takes a good part of a second)."""
+    from django.core.files.storage import default_storage
+
+    from studio.vendors.base import PROVIDERS, get_provider
+
+    for key in PROVIDERS:
+        with contextlib.suppress(Exception):
+            get_provider(key)
+    with contextlib.suppress(Exception):
+        getattr(default_storage, "connection", None)  # S3: the boto3 resource, no request made
+
+
+def _child(at_once: int, slow_at_once: int, owner: str) -> None:
+    _warm_up()
+    stepper = Stepper(at_once, slow_at_once, owner=owner)
+    stopping = threading.Event()
+
+    def stop(*_):
+        stopping.set()
+        stepper.freed.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides
+    every = settings.STUDIO_STEP_TICK_MS / 1000
+    while not stopping.is_set():
+        stepper.freed.clear()
+        try:
+            close_old_connections()
+            stepper.tick()
+        except Exception:  # a database hiccup must not end the runner
+            log.exception("running due job steps failed")
+        # A tick, or less when a step ends (its thread can take a due step at once),
+        # but never more than 50 looks a second.
+        stepper.freed.wait(every)
+        time.sleep(0.02)
+    stepper.shutdown()
+    connection.close()
