@@ -1,4 +1,4 @@
-"""Vendor jobs in flight: this runner (parked steps) against today's main (a worker per wait).
+"""Vendor jobs in flight: this runner (steps on the step runner's threads) against a worker per wait.
 
 Both runners get the same load in one invocation, each on a fresh data
 directory (embedded defaults: SQLite, the ORM broker, media on disk) and
@@ -9,11 +9,12 @@ WaveSpeed portrait, all created at once; a local retouch is submitted once
 the vendor jobs are in flight, and its submit → stored time is compared with
 its own processing time (started → finished).
 
-- new: this tree; the site's cluster (Q_CPU_WORKERS) for local work, the
-  vendor cluster (Q_WORKERS) for vendor submits and the step runner for the
-  parked jobs' polls and downloads, as runstudio starts them.
-- baseline: `git archive <rev>` of today's runner (default: main) in a
-  temporary directory, with its one cluster of Q_WORKERS workers.
+- new: this tree; the cluster (Q_CPU_WORKERS) for local work and the step
+  runner (STUDIO_STEPS_AT_ONCE threads) for vendor jobs' submits, polls and
+  downloads, as runstudio starts them.
+- baseline: `git archive <rev>` of the previous runner (default aed4f61, the
+  last commit before the step runner) in a temporary directory, with its one
+  cluster of Q_WORKERS workers, each holding a vendor job for its whole run.
 
 Reported per runner: jobs finished (of those sent) within the time cap, jobs
 finished per minute (first submit → last stored), p50/p95 submit → stored,
@@ -22,7 +23,7 @@ once (submitted at the vendor and not yet stored), peak RSS and PSS summed over
 every process of the clusters (PSS counts memory shared by forked processes
 once), and the retouch's times.
 
-Run: .venv/bin/python -m bench.vendor_wait [--jobs 200] [--workers 4] [--new-workers 2] [--cap 240] [--baseline-rev main]
+Run: .venv/bin/python -m bench.vendor_wait [--jobs 500] [--workers 4] [--cpu-workers 2] [--cap 300] [--baseline-rev aed4f61]
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def _emulators():
 class Runner:
     """One runner's site: its tree, data directory and clusters."""
 
-    def __init__(self, label: str, tree: Path, *, workers: int, two_clusters: bool, sandbox_url: str):
-        self.label, self.tree, self.two_clusters = label, tree, two_clusters
+    def __init__(self, label: str, tree: Path, *, workers: int, step_runner: bool, sandbox_url: str):
+        self.label, self.tree, self.step_runner = label, tree, step_runner
         self.data_dir = Path(tempfile.mkdtemp(prefix=f"studio-bench-{label}-"))
         (self.data_dir / "secret").write_text(secrets.token_urlsafe(50))
         inherited = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DJANGO_SETTINGS_MODULE")}
@@ -104,6 +105,7 @@ class Runner:
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
             "Q_WORKERS": str(workers),
+            "Q_CPU_WORKERS": str(workers),
             "PERFECTCORP_RATE_PER_TOKEN": "10000000",
             "PERFECTCORP_RATE_PER_IP": "10000000",
             "PERFECTCORP_V2_RATE_LIMIT": "10000000",
@@ -125,8 +127,6 @@ class Runner:
     def start(self) -> None:
         self.manage("migrate", "--noinput")
         names = [("", {})]
-        if self.two_clusters:
-            names.append(("-vendors", {"Q_CLUSTER_NAME": "portraitstudio-vendors"}))
         for suffix, extra in names:
             log = open(self.data_dir / f"qcluster{suffix}.log", "ab")
             self.logs.append(log)
@@ -134,7 +134,7 @@ class Runner:
                 [sys.executable, "manage.py", "qcluster"], cwd=self.tree, env={**self.env, **extra, "LOG_LEVEL": "INFO"},
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             ))
-        if self.two_clusters:  # and the step runner: parked jobs' polls and downloads
+        if self.step_runner:  # and the step runner: vendor jobs' steps
             log = open(self.data_dir / "qcluster-steps.log", "ab")
             self.logs.append(log)
             self.procs.append(subprocess.Popen(
@@ -142,7 +142,7 @@ class Runner:
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             ))
         deadline = time.monotonic() + 60
-        while self.log().count("running.") < len(names) or (self.two_clusters and "Step runner ready" not in self.log()):
+        while self.log().count("running.") < len(names) or (self.step_runner and "Step runner ready" not in self.log()):
             if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
                 raise RuntimeError(f"{self.label}: clusters did not start\n{self.log()}")
             time.sleep(0.2)
@@ -271,12 +271,12 @@ def measure(runner: Runner, jobs: int, cap: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--workers", type=int, default=4, help="the baseline's Q_WORKERS (its one cluster)")
-    parser.add_argument("--new-workers", type=int, default=2,
-                        help="the new vendor cluster's Q_WORKERS (it only submits; polls run in the step runner)")
-    parser.add_argument("--cap", type=float, default=240.0, help="seconds each runner gets at most")
-    parser.add_argument("--baseline-rev", default="main")
+    parser.add_argument("--cpu-workers", type=int, default=os.cpu_count() or 1,
+                        help="the new cluster's Q_CPU_WORKERS (local operations only)")
+    parser.add_argument("--cap", type=float, default=300.0, help="seconds each runner gets at most")
+    parser.add_argument("--baseline-rev", default="aed4f61")
     parser.add_argument("--only", choices=("new", "baseline"), default=None)
     args = parser.parse_args()
 
@@ -293,8 +293,8 @@ def main() -> None:
             if args.only and args.only != label:
                 continue
             with _emulators().serve() as url:
-                workers = args.new_workers if label == "new" else args.workers
-                runner = Runner(label, tree, workers=workers, two_clusters=two, sandbox_url=url)
+                workers = args.cpu_workers if label == "new" else args.workers
+                runner = Runner(label, tree, workers=workers, step_runner=two, sandbox_url=url)
                 try:
                     results.append(measure(runner, args.jobs, args.cap))
                 finally:
@@ -303,7 +303,7 @@ def main() -> None:
             print(json.dumps(results[-1]), flush=True)
     finally:
         shutil.rmtree(baseline_tree, ignore_errors=True)
-    print(f"\n{args.jobs} vendor jobs (half Perfect Corp 8 s, half WaveSpeed 3 s), Q_WORKERS new={args.new_workers} "
+    print(f"\n{args.jobs} vendor jobs (half Perfect Corp 8 s, half WaveSpeed 3 s), Q_CPU_WORKERS new={args.cpu_workers}, Q_WORKERS "
           f"baseline={args.workers}, "
           f"cap {args.cap:.0f} s, {os.cpu_count()} cores")
     columns = list(results[0]) if results else []
