@@ -290,7 +290,8 @@ def test_v2_sigkill_at_submit_ends_the_job_without_a_second_task(host, clusters)
     emulator.engine_seconds = 1.0
     emulator.rate_v2 = (100_000, 300.0)
     host.hold[f"^POST {V2_TASK_PATH}$"] = 1.0
-    worker = clusters(name="v2", workers=1, env=V2).start()  # one create in flight when it dies
+    # One step at a time: one create in flight when the machine dies.
+    worker = clusters(name="v2", workers=1, env={**V2, "STUDIO_STEPS_AT_ONCE": "1"}).start()
     jobs = _colorize_jobs(3)
 
     def created(request):
