@@ -366,7 +366,10 @@ STUDIO_RECOVERY_EVERY_SECONDS = env_int("STUDIO_RECOVERY_EVERY_SECONDS", 15, min
 # A vendor job holds no worker (studio/steps.py): the step runner (manage.py
 # runsteps) looks this often for jobs whose next step (submit, poll, download) is due,
 STUDIO_STEP_TICK_MS = env_int("STUDIO_STEP_TICK_MS", 100, minimum=20, maximum=5000)
-# and runs this many steps at once, each on a thread (a step is mostly a wait on a socket),
+# in this many processes (preparing uploads and storing results is picture work, which
+# one interpreter does one at a time: about one per core),
+STUDIO_STEP_PROCESSES = env_int("STUDIO_STEP_PROCESSES", os.cpu_count() or 1, minimum=1, maximum=64)
+# each running this many steps at once, one per thread (a step is mostly a wait on a socket),
 STUDIO_STEPS_AT_ONCE = env_int("STUDIO_STEPS_AT_ONCE", 32, minimum=1, maximum=256)
 # plus this many slow synchronous calls (the Headshot API's, up to 3 minutes each).
 STUDIO_SLOW_STEPS_AT_ONCE = env_int("STUDIO_SLOW_STEPS_AT_ONCE", 16, minimum=1, maximum=256)

@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 from django.db import close_old_connections, connection
+from django.db.models import Case, Value, When
 from django.utils import timezone
 
 from studio import services
@@ -73,7 +74,7 @@ def slow_providers() -> tuple[str, ...]:
 
 
 def due_job_ids(limit: int, *, slow: bool | None = None, now=None) -> list:
-    """Jobs whose next step is due, oldest due first; `slow` picks the slow-call providers' (or the others)."""
+    """Jobs whose next step is due; `slow` picks the slow-call providers' (or the others)."""
     due = Job.objects.filter(
         status__in=(Job.Status.QUEUED, Job.Status.RUNNING), step_due_at__lte=now or timezone.now()
     )
@@ -82,7 +83,10 @@ def due_job_ids(limit: int, *, slow: bool | None = None, now=None) -> list:
         if slow and not slow_keys:
             return []
         due = due.filter(provider__in=slow_keys) if slow else due.exclude(provider__in=slow_keys)
-    return list(due.order_by("step_due_at").values_list("pk", flat=True)[:limit])
+    # Runs in progress first (a poll, a download), then new runs (a submit): a poll that
+    # waits behind a wave of submits can break Perfect Corp's 10-second rule and lose a task.
+    in_progress_first = Case(When(status=Job.Status.RUNNING, then=Value(0)), default=Value(1))
+    return list(due.order_by(in_progress_first, "step_due_at").values_list("pk", flat=True)[:limit])
 
 
 class Stepper:
@@ -167,8 +171,14 @@ def release_steps_of(owner: str) -> int:
 # restarts it if it dies (and gives back the steps it had in flight).
 
 
-def run_forever(*, at_once: int, slow_at_once: int, stdout=None) -> None:
-    """Supervise one step-runner child: start it, restart it if it dies, stop it on SIGTERM/SIGINT."""
+def run_forever(*, processes: int, at_once: int, slow_at_once: int, stdout=None) -> None:
+    """Supervise the step-runner children: start them, restart one that dies (giving back
+    the steps it had in flight), stop them all on SIGTERM/SIGINT.
+
+    More than one child because a step is not all waiting: preparing an upload and
+    storing a result decode and encode pictures, which one interpreter does one at a
+    time; a child per core lets them run side by side.
+    """
     import multiprocessing
 
     from django.db import connections
@@ -177,10 +187,14 @@ def run_forever(*, at_once: int, slow_at_once: int, stdout=None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     context = multiprocessing.get_context("fork")
-    child, owner = None, ""
+    _warm_up()  # once, before forking: the children share these pages
+    children: list = [None] * processes  # (process, owner id) per slot
     while not stopping.is_set():
-        if child is None or not child.is_alive():
-            if child is not None:
+        for slot, running in enumerate(children):
+            if running is not None and running[0].is_alive():
+                continue
+            if running is not None:
+                child, owner = running
                 released = _release_after_death(owner)
                 log.critical(
                     "step runner %s died (exit code %s); %s steps in flight resume; starting another",
@@ -194,12 +208,15 @@ def run_forever(*, at_once: int, slow_at_once: int, stdout=None) -> None:
                 target=_child, args=(at_once, slow_at_once, owner), name="studio-steps", daemon=False
             )
             child.start()
+            children[slot] = (child, owner)
             if stdout is not None:
                 stdout.write(f"{READY} (pid {child.pid}, {at_once} steps and {slow_at_once} slow calls at once)\n")
                 stdout.flush()
         stopping.wait(0.2)
-    if child is not None and child.is_alive():
-        child.terminate()  # SIGTERM: the child stops claiming and finishes the steps in hand
+    for child, _ in filter(None, children):
+        if child.is_alive():
+            child.terminate()  # SIGTERM: the child stops claiming and finishes the steps in hand
+    for child, _ in filter(None, children):
         child.join(60)
 
 
@@ -228,7 +245,6 @@ def _warm_up() -> None:
 
 
 def _child(at_once: int, slow_at_once: int, owner: str) -> None:
-    _warm_up()
     stepper = Stepper(at_once, slow_at_once, owner=owner)
     stopping = threading.Event()
 

@@ -291,7 +291,8 @@ def test_v2_sigkill_at_submit_ends_the_job_without_a_second_task(host, clusters)
     emulator.rate_v2 = (100_000, 300.0)
     host.hold[f"^POST {V2_TASK_PATH}$"] = 1.0
     # One step at a time: one create in flight when the machine dies.
-    worker = clusters(name="v2", workers=1, env={**V2, "STUDIO_STEPS_AT_ONCE": "1"}).start()
+    one_step = {"STUDIO_STEP_PROCESSES": "1", "STUDIO_STEPS_AT_ONCE": "1"}
+    worker = clusters(name="v2", workers=1, env={**V2, **one_step}).start()
     jobs = _colorize_jobs(3)
 
     def created(request):

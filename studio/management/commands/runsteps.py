@@ -13,5 +13,8 @@ class Command(BaseCommand):
         from studio import steps
 
         steps.run_forever(
-            at_once=settings.STUDIO_STEPS_AT_ONCE, slow_at_once=settings.STUDIO_SLOW_STEPS_AT_ONCE, stdout=self.stdout
+            processes=settings.STUDIO_STEP_PROCESSES,
+            at_once=settings.STUDIO_STEPS_AT_ONCE,
+            slow_at_once=settings.STUDIO_SLOW_STEPS_AT_ONCE,
+            stdout=self.stdout,
         )
