@@ -370,9 +370,9 @@ STUDIO_STEP_TICK_MS = env_int("STUDIO_STEP_TICK_MS", 100, minimum=20, maximum=50
 # one interpreter does one at a time: about one per core),
 STUDIO_STEP_PROCESSES = env_int("STUDIO_STEP_PROCESSES", os.cpu_count() or 1, minimum=1, maximum=64)
 # each running this many steps at once, one per thread (a step is mostly a wait on a socket),
-STUDIO_STEPS_AT_ONCE = env_int("STUDIO_STEPS_AT_ONCE", 32, minimum=1, maximum=256)
+STUDIO_STEPS_AT_ONCE = env_int("STUDIO_STEPS_AT_ONCE", 16, minimum=1, maximum=256)
 # plus this many slow synchronous calls (the Headshot API's, up to 3 minutes each).
-STUDIO_SLOW_STEPS_AT_ONCE = env_int("STUDIO_SLOW_STEPS_AT_ONCE", 16, minimum=1, maximum=256)
+STUDIO_SLOW_STEPS_AT_ONCE = env_int("STUDIO_SLOW_STEPS_AT_ONCE", 8, minimum=1, maximum=256)
 
 # --- Product --------------------------------------------------------------
 STUDIO_SANDBOX = env_bool("STUDIO_SANDBOX", False)
