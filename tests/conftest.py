@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -53,6 +54,139 @@ def _fresh_cache(request):
     if "transactional_db" in request.fixturenames or (marker and marker.kwargs.get("transaction")):
         request.getfixturevalue("transactional_db")
         cache.clear()
+
+
+# --- backend_free: tests that the scaled run leaves to the embedded one --------------------
+#
+# A test marked backend_free touches none of what ./scripts/test-scaled swaps out: the
+# database, Django's cache, media storage, django-q2's broker (image processing, face
+# detection, segmentation, the operations catalogue as data, ...). Repeating it on
+# PostgreSQL + Redis + S3 tests nothing new, so with STUDIO_TEST_SCALED=1 (set by
+# scripts/test-scaled only) it is deselected; ./scripts/test runs it. On a test it overrides
+# a django_db mark of its module or class. The mark is checked: at collection the test must
+# have no django_db mark of its own and no fixture that needs a backend, and while it runs any
+# use of the database, a cache, default storage or the broker fails it.
+
+BACKEND_FIXTURES = {
+    "db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback",
+    "live_server", "client", "async_client", "admin_client", "admin_user", "django_user_model",
+    "s3_media", "moto_endpoint", "qcluster", "cluster", "clusters", "studio", "browser",
+}
+
+
+def _backend_free_overrides_inherited_django_db(items):
+    """A backend_free test in a module (or class) marked django_db gets no database: the
+    module's mark moves down to its other tests, each keeping its own closest django_db."""
+    for item in items:
+        if item.get_closest_marker("backend_free") is None:
+            continue
+        for node in item.listchain()[1:-1]:
+            if not any(mark.name == "django_db" for mark in node.own_markers):
+                continue
+            others = [other for other in items if node in other.listchain()]
+            others = [other for other in others if other.get_closest_marker("backend_free") is None]
+            closest = {other.nodeid: other.get_closest_marker("django_db") for other in others}
+            node.own_markers[:] = [mark for mark in node.own_markers if mark.name != "django_db"]
+            for other in others:
+                if other.get_closest_marker("django_db") is None:
+                    mark = closest[other.nodeid]
+                    other.add_marker(pytest.mark.django_db(*mark.args, **mark.kwargs))
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-django orders the tests by their django_db marks
+def pytest_collection_modifyitems(config, items):
+    _backend_free_overrides_inherited_django_db(items)
+    lying = []
+    for item in items:
+        if item.get_closest_marker("backend_free") is None:
+            continue
+        uses = sorted(BACKEND_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+        uses += [f"@{m}" for m in ("django_db", "browser", "qcluster") if item.get_closest_marker(m)]
+        if uses:
+            lying.append(f"{item.nodeid}: {', '.join(uses)}")
+    if lying:
+        raise pytest.UsageError("marked backend_free but uses a backend:\n  " + "\n  ".join(lying))
+
+    if os.environ.get("STUDIO_TEST_SCALED") == "1":
+        kept = [item for item in items if item.get_closest_marker("backend_free") is None]
+        left = [item for item in items if item.get_closest_marker("backend_free") is not None]
+        if left:
+            config.hook.pytest_deselected(items=left)
+            items[:] = kept
+        config.stash[_LEFT_TO_EMBEDDED] = len(left)
+
+
+_LEFT_TO_EMBEDDED = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    left = config.stash.get(_LEFT_TO_EMBEDDED, None)
+    if left is not None:
+        terminalreporter.write_line(
+            f"scaled run: {left} backend_free tests (pure computation) left to the embedded run, ./scripts/test"
+        )
+
+
+class BackendTouched(RuntimeError):
+    pass
+
+
+class _Forbidden:
+    """A cache or storage backend for backend_free tests: any use is recorded and raises."""
+
+    touched: list[str] | None = None
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __getattr__(self, name):
+        what = f"{type(self).__name__.removeprefix('Forbidden').lower()}.{name}"
+        if _Forbidden.touched is not None:
+            _Forbidden.touched.append(what)
+        raise BackendTouched(f"a backend_free test used the {what}")
+
+
+class ForbiddenCache(_Forbidden):
+    def close(self, **kwargs):
+        """Django closes every cache when CACHES changes back after the test: not a use."""
+
+
+class ForbiddenStorage(_Forbidden):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _backend_free_guard(request):
+    """For a backend_free test: the database, caches, default storage and broker raise, and
+    any use fails the test even if the code under test caught the exception."""
+    if request.node.get_closest_marker("backend_free") is None:
+        yield
+        return
+    # After the other autouse fixtures, which may clear the cache and set STORAGES.
+    request.getfixturevalue("_fresh_cache")
+    request.getfixturevalue("_isolated_media")
+    settings = request.getfixturevalue("settings")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    touched: list[str] = []
+
+    def forbid(what):
+        def refuse(*args, **kwargs):
+            touched.append(what)
+            raise BackendTouched(f"a backend_free test used the {what}")
+
+        return refuse
+
+    monkeypatch.setattr(BaseDatabaseWrapper, "ensure_connection", forbid("database"))
+    monkeypatch.setattr("django_q.tasks.get_broker", forbid("django-q broker"))
+    monkeypatch.setattr("django_q.brokers.get_broker", forbid("django-q broker"))
+    settings.CACHES = {alias: {"BACKEND": "tests.conftest.ForbiddenCache"} for alias in settings.CACHES}
+    settings.STORAGES = {**settings.STORAGES, "default": {"BACKEND": "tests.conftest.ForbiddenStorage"}}
+    monkeypatch.setattr(_Forbidden, "touched", touched)
+    yield
+    if touched:
+        pytest.fail(f"marked backend_free but used: {', '.join(dict.fromkeys(touched))}", pytrace=False)
 
 
 @pytest.fixture(autouse=True)

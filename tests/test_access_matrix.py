@@ -172,6 +172,7 @@ def all_urls() -> list[str]:
     ]
 
 
+@pytest.mark.backend_free
 def test_every_url_is_classified():
     names = all_urls()
     unclassified = sorted(set(names) - set(MATRIX))

@@ -14,6 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 from tests.media import settings_from_env
 
 
+@pytest.mark.backend_free
 def test_defaults_are_the_embedded_configuration(monkeypatch, tmp_path):
     conf = settings_from_env(monkeypatch, tmp_path)
     assert conf["DATABASES"]["default"]["ENGINE"] == "django.db.backends.sqlite3"
@@ -22,6 +23,7 @@ def test_defaults_are_the_embedded_configuration(monkeypatch, tmp_path):
     assert conf["STORAGES"]["default"] == {"BACKEND": "django.core.files.storage.FileSystemStorage"}
 
 
+@pytest.mark.backend_free
 def test_postgres_gets_health_checks_and_a_test_database_of_its_own(monkeypatch, tmp_path):
     conf = settings_from_env(monkeypatch, tmp_path, DATABASE_URL="postgres://studio:pw@db.internal:5432/studio")
     db = conf["DATABASES"]["default"]
@@ -36,6 +38,7 @@ def test_postgres_gets_health_checks_and_a_test_database_of_its_own(monkeypatch,
     assert overridden["DATABASES"]["default"]["TEST"]["NAME"] == "test_ci"
 
 
+@pytest.mark.backend_free
 def test_redis_url_moves_the_queue_and_the_cache_to_redis(monkeypatch, tmp_path):
     url = "redis://cache.internal:6379/3"
     conf = settings_from_env(
@@ -48,11 +51,13 @@ def test_redis_url_moves_the_queue_and_the_cache_to_redis(monkeypatch, tmp_path)
     assert cache["KEY_PREFIX"] == "site-a"
 
 
+@pytest.mark.backend_free
 def test_a_malformed_redis_url_names_the_variable(monkeypatch, tmp_path):
     with pytest.raises(ImproperlyConfigured, match="REDIS_URL"):
         settings_from_env(monkeypatch, tmp_path, REDIS_URL="cache.internal:6379")
 
 
+@pytest.mark.backend_free
 def test_a_bucket_name_moves_media_to_private_s3_with_short_signed_urls(monkeypatch, tmp_path):
     conf = settings_from_env(
         monkeypatch, tmp_path,
@@ -72,6 +77,7 @@ def test_a_bucket_name_moves_media_to_private_s3_with_short_signed_urls(monkeypa
     assert options["region_name"] == "eu-central-1" and options["access_key"] == "AKIAEXAMPLE"
 
 
+@pytest.mark.backend_free
 def test_a_malformed_addressing_style_names_the_variable(monkeypatch, tmp_path):
     with pytest.raises(ImproperlyConfigured, match="AWS_S3_ADDRESSING_STYLE"):
         settings_from_env(monkeypatch, tmp_path, AWS_STORAGE_BUCKET_NAME="b", AWS_S3_ADDRESSING_STYLE="dns")

@@ -175,6 +175,7 @@ def test_monitor_costs_constant_queries(staff_client, owner, django_assert_max_n
 # --- Job detail and retry --------------------------------------------------------
 
 
+@pytest.mark.backend_free
 def test_redaction_removes_planted_secrets_and_keeps_the_rest():
     cleaned = redact(PLANTED)
     text = json.dumps(cleaned)

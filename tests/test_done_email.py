@@ -140,6 +140,7 @@ def test_the_box_is_ticked_by_default_for_slow_operations_only(member, settings)
     assert f"One e-mail to {EMAIL}" in slow
 
 
+@pytest.mark.backend_free
 def test_email_url_settings():
     from portraitstudio import env
 

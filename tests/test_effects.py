@@ -26,6 +26,9 @@ from studio.effects import (
 from studio.imaging import FaceBox
 from tests.images import astronaut, no_face, two_faces
 
+# Pure computation: ./scripts/test-scaled leaves these to the embedded run (tests/conftest.py).
+pytestmark = pytest.mark.backend_free
+
 HEAD_PER_BOX = 1.75  # crown-to-chin height per Haar box height, as studio.effects assumes
 
 

@@ -5,6 +5,9 @@ from django.core.exceptions import ImproperlyConfigured
 
 from portraitstudio import env
 
+# Pure computation: ./scripts/test-scaled leaves these to the embedded run (tests/conftest.py).
+pytestmark = pytest.mark.backend_free
+
 
 def test_bool_parsing_is_strict(monkeypatch):
     monkeypatch.setenv("X_FLAG", "yes")

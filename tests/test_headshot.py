@@ -275,6 +275,7 @@ def _body(portrait_jpeg, **changes):
     return {k: v for k, v in body.items() if v is not None}
 
 
+@pytest.mark.backend_free
 @pytest.mark.parametrize(
     "changes, status, text",
     [
@@ -299,6 +300,7 @@ def test_emulator_enforces_the_documented_ranges(portrait_jpeg, changes, status,
     assert text in response.json()["error"]
 
 
+@pytest.mark.backend_free
 def test_emulator_answers_exact_count_and_size_and_random_seed_varies(portrait_jpeg):
     emu = HeadshotEmulator()
     with emu.serve() as url:

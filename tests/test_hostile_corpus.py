@@ -51,6 +51,7 @@ def post_file(client: Client, case: corpus.Case):
     return client.post("/photos/", {"photo": upload}, headers=HTMX)
 
 
+@pytest.mark.backend_free
 def test_the_corpus_is_big_enough_and_named_uniquely():
     names = [case.name for case in CASES]
     assert len(names) >= 30 and len(set(names)) == len(names)
@@ -177,6 +178,7 @@ def test_a_file_between_the_photo_limit_and_the_request_cap_gets_the_photo_messa
     assert not Photo.objects.exists()
 
 
+@pytest.mark.backend_free
 def test_the_generator_script_writes_the_corpus(tmp_path):
     assert corpus.main(["corpus", str(tmp_path)]) == 0
     written = sorted(path.name for path in tmp_path.iterdir())

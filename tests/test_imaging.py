@@ -33,6 +33,9 @@ from studio.imaging import (
 )
 from tests.images import astronaut, no_face, to_bytes, two_faces
 
+# Pure computation: ./scripts/test-scaled leaves these to the embedded run (tests/conftest.py).
+pytestmark = pytest.mark.backend_free
+
 pillow_heif.register_heif_opener()
 
 PLEASE = "Please upload a JPEG, PNG, WebP or HEIC photo."

@@ -5,6 +5,9 @@ import pytest
 from studio.imaging import FaceBox
 from studio.operations import OPERATIONS, InputLimits, Param, ParamError, get_operation
 
+# Pure computation: ./scripts/test-scaled leaves these to the embedded run (tests/conftest.py).
+pytestmark = pytest.mark.backend_free
+
 
 def test_every_operation_is_complete_and_its_defaults_are_valid():
     assert {"studio_retouch", "headshot_crop", "background_blur"} <= set(OPERATIONS)

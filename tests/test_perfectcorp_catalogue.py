@@ -98,6 +98,7 @@ def photo(owner_client, portrait_jpeg):
 # --- The catalogue entries ---------------------------------------------------------
 
 
+@pytest.mark.backend_free
 def test_the_twelve_perfect_corp_operations_are_declared_as_data():
     for key in PC_KEYS:
         op = OPERATIONS[key]
@@ -127,6 +128,7 @@ def test_the_twelve_perfect_corp_operations_are_declared_as_data():
         assert OPERATIONS[key].limits.problems(faces=[], source_format="HEIF") == [] or OPERATIONS[key].limits.min_faces
 
 
+@pytest.mark.backend_free
 def test_style_ids_are_kept_as_exact_strings():
     param = OPERATIONS["pc_hairstyle"].param("style_id")
     assert param.clean(BIG_ID) == BIG_ID
@@ -137,6 +139,7 @@ def test_style_ids_are_kept_as_exact_strings():
             param.clean(bad)
 
 
+@pytest.mark.backend_free
 def test_face_width_is_judged_at_the_size_the_vendor_gets():
     from studio.imaging import FaceBox
 
@@ -202,6 +205,7 @@ def _mask_png(size, box=(10, 10, 40, 40), mode="L") -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.backend_free
 def test_mask_must_match_the_photo_size_and_paint_something():
     clean = job_inputs.mask_clean(_mask_png((100, 80)), size=(100, 80))
     with Image.open(io.BytesIO(clean)) as im:

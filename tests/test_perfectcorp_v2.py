@@ -318,6 +318,7 @@ def test_templates_are_listed_page_by_page_and_grouped_by_category(pc, emulator)
     assert len(pages) == 2, "26 templates at page_size 20, listed once per sync"
 
 
+@pytest.mark.backend_free
 def test_v2_needs_only_the_api_key(settings):
     from studio.vendors import sandbox
 

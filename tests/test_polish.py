@@ -206,6 +206,7 @@ TEXT_PAIRS = [  # (text, background) pairs the stylesheet actually uses
 ]
 
 
+@pytest.mark.backend_free
 @pytest.mark.parametrize("theme", ["light", "dark"])
 def test_palette_text_contrast_meets_wcag_aa(theme):
     palette = _palettes()[theme]

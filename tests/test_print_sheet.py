@@ -96,6 +96,7 @@ def test_an_impossible_limit_is_explained_not_a_500(owner_client, passport, max_
     assert "Choose a file size limit between 10 KB and 5000 KB." in response.content.decode()
 
 
+@pytest.mark.backend_free
 def test_a_cap_no_usable_jpeg_can_meet_says_so():
     noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, (400, 400, 3), dtype=np.uint8))
     with pytest.raises(print_sheet.CapTooSmall, match="Try a larger limit"):

@@ -197,6 +197,7 @@ def test_vendor_output_with_metadata_is_stored_clean_and_upright(owner_client, p
     assert_no_metadata(fake_vendor.sent[0])
 
 
+@pytest.mark.backend_free
 def test_clean_output_keeps_clean_files_byte_for_byte_and_transparency():
     from studio.imaging import carries_metadata, clean_output, encode_jpeg
 
@@ -487,6 +488,7 @@ def test_the_page_names_where_the_photo_goes_before_submit(owner_client, portrai
     assert "Fake Vendor" in note and FakeVendor.data_notice in note and "stays on this server" not in note
 
 
+@pytest.mark.backend_free
 def test_every_remote_provider_states_where_the_photo_goes():
     """Each vendor adapter must fill in data_notice (shown before submit and on /privacy/)."""
     from studio.operations import OPERATIONS
@@ -523,6 +525,7 @@ def test_share_links_are_random_constant_time_and_can_expire(owner_client, portr
     assert Client().get(f"/s/{link.token}/image").status_code == 404
 
 
+@pytest.mark.backend_free
 def test_a_painted_mask_sent_to_a_vendor_carries_no_metadata():
     from studio.imaging import carries_metadata
     from studio.job_inputs import mask_clean

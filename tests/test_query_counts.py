@@ -185,6 +185,7 @@ def test_a_session_from_before_a_password_change_no_longer_polls(portrait_jpeg):
     assert fresh.get(url, headers=HX).status_code == 404
 
 
+@pytest.mark.backend_free
 def test_sessions_are_read_through_a_cache_all_processes_share(monkeypatch, tmp_path):
     """The poll's session read stays off the database: what makes the budget above hold."""
     embedded = settings_from_env(monkeypatch, tmp_path)

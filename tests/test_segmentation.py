@@ -13,6 +13,9 @@ from PIL import Image
 from studio import effects, segmentation
 from tests import segmentation_truth as truth
 
+# Pure computation: ./scripts/test-scaled leaves these to the embedded run (tests/conftest.py).
+pytestmark = pytest.mark.backend_free
+
 
 @pytest.fixture(autouse=True)
 def _isolated_media():

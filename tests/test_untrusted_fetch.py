@@ -88,6 +88,7 @@ def image_response(data=JPEG, content_type="image/jpeg", **headers):
 # --- Schemes and addresses ----------------------------------------------------------
 
 
+@pytest.mark.backend_free
 @pytest.mark.parametrize(
     "url",
     [
@@ -109,6 +110,7 @@ def test_only_http_and_https(dns, url):
     assert recorder.requests == []
 
 
+@pytest.mark.backend_free
 @pytest.mark.parametrize(
     "address",
     [
@@ -138,6 +140,7 @@ def test_private_and_special_addresses_are_refused(dns, address):
     assert recorder.requests == []
 
 
+@pytest.mark.backend_free
 def test_a_name_with_one_private_address_among_public_ones_is_refused(dns):
     dns["cdn.vendor.example"] = [PUBLIC, "10.0.0.5"]
     http, recorder = client_for({"/a.jpg": image_response()})
@@ -146,6 +149,7 @@ def test_a_name_with_one_private_address_among_public_ones_is_refused(dns):
     assert recorder.requests == []
 
 
+@pytest.mark.backend_free
 def test_unknown_host_is_a_connection_message(dns):
     http, _ = client_for({})
     with pytest.raises(VendorError, match="couldn't reach Acme") as info:
@@ -153,6 +157,7 @@ def test_unknown_host_is_a_connection_message(dns):
     assert not info.value.permanent
 
 
+@pytest.mark.backend_free
 def test_the_connection_goes_to_the_vetted_address(dns):
     """DNS rebinding: the name is resolved once, checked, and that address is used."""
     http, recorder = client_for({"/a.jpg": image_response()})
@@ -165,6 +170,7 @@ def test_the_connection_goes_to_the_vetted_address(dns):
     assert dns["_lookups"] == ["cdn.vendor.example"]
 
 
+@pytest.mark.backend_free
 def test_ipv6_vendor_address_is_pinned_with_brackets(dns):
     dns["cdn.vendor.example"] = ["2606:2800:220:1:248:1893:25c8:1946"]
     http, recorder = client_for({"/a.jpg": image_response()})
@@ -177,6 +183,7 @@ def test_ipv6_vendor_address_is_pinned_with_brackets(dns):
 # --- Redirects -------------------------------------------------------------------------
 
 
+@pytest.mark.backend_free
 def test_redirect_to_a_private_address_is_refused(dns):
     dns["metadata.internal"] = ["169.254.169.254"]
     http, recorder = client_for(
@@ -190,6 +197,7 @@ def test_redirect_to_a_private_address_is_refused(dns):
     assert [r.url.path for r in recorder.requests] == ["/a.jpg"]  # the private one was never asked
 
 
+@pytest.mark.backend_free
 def test_redirect_to_another_scheme_is_refused(dns):
     http, recorder = client_for({"/a.jpg": httpx.Response(301, headers={"Location": "file:///etc/passwd"})})
     with pytest.raises(VendorError, match="invalid result link"):
@@ -197,6 +205,7 @@ def test_redirect_to_another_scheme_is_refused(dns):
     assert len(recorder.requests) == 1
 
 
+@pytest.mark.backend_free
 def test_public_redirects_are_followed_a_few_times_only(dns):
     dns["files.vendor.example"] = [PUBLIC]
     http, recorder = client_for(
@@ -223,6 +232,7 @@ def test_public_redirects_are_followed_a_few_times_only(dns):
 # --- Size, type and time ---------------------------------------------------------------
 
 
+@pytest.mark.backend_free
 def test_declared_size_over_the_cap_is_refused_before_reading(dns):
     read = []
 
@@ -242,6 +252,7 @@ def test_declared_size_over_the_cap_is_refused_before_reading(dns):
     assert read == []
 
 
+@pytest.mark.backend_free
 def test_undeclared_size_is_capped_while_streaming(dns):
     sent = []
 
@@ -258,6 +269,7 @@ def test_undeclared_size_is_capped_while_streaming(dns):
     assert len(sent) < 40  # stopped soon after 1 MB, not after 64 MB
 
 
+@pytest.mark.backend_free
 def test_gzip_bomb_is_capped_on_decoded_bytes(dns):
     import gzip
 
@@ -268,6 +280,7 @@ def test_gzip_bomb_is_capped_on_decoded_bytes(dns):
         http.download("https://cdn.vendor.example/a.jpg", max_bytes=1024 * 1024)
 
 
+@pytest.mark.backend_free
 @pytest.mark.parametrize(
     "content_type", ["text/html", "image/svg+xml", "application/octet-stream", "", "application/zip", "image/gif"]
 )
@@ -277,11 +290,13 @@ def test_content_type_must_be_an_accepted_image(dns, content_type):
         http.download("https://cdn.vendor.example/a.jpg")
 
 
+@pytest.mark.backend_free
 def test_content_type_parameters_are_ignored(dns):
     http, _ = client_for({"/a.jpg": image_response(content_type="Image/JPEG; charset=binary")})
     assert http.download("https://cdn.vendor.example/a.jpg")[1] == "image/jpeg"
 
 
+@pytest.mark.backend_free
 def test_total_time_is_capped(dns, monkeypatch):
     """A server that trickles bytes forever: the clock, not the server, ends it."""
     now = [1000.0]
@@ -300,6 +315,7 @@ def test_total_time_is_capped(dns, monkeypatch):
     assert not info.value.permanent
 
 
+@pytest.mark.backend_free
 @pytest.mark.parametrize("status, message", [(404, "expired"), (410, "expired"), (500, "couldn't hand over")])
 def test_error_statuses(dns, status, message):
     http, _ = client_for({"/a.jpg": httpx.Response(status)})
@@ -337,6 +353,7 @@ def local_server():
     server.server_close()
 
 
+@pytest.mark.backend_free
 def test_real_loopback_server_is_refused_unless_it_is_the_emulator(local_server):
     http = VendorHttp(vendor="Acme", base_url=local_server, retries=0)
     with pytest.raises(VendorError, match="link we don't follow"):
@@ -345,6 +362,7 @@ def test_real_loopback_server_is_refused_unless_it_is_the_emulator(local_server)
     assert data == JPEG
 
 
+@pytest.mark.backend_free
 def test_real_slow_server_is_cut_off(local_server):
     http = VendorHttp(vendor="Acme", base_url=local_server, retries=0)
     with pytest.raises(VendorError, match="took too long"):

@@ -333,6 +333,7 @@ def _create(client, params, *, flat=False):
     return client.post("/model/v1/generation", json=body)
 
 
+@pytest.mark.backend_free
 def test_protocol_progression_output_and_usage(portrait_jpeg):
     emu = VtrixEmulator(fetcher=_served(portrait_jpeg))
     with emu.serve() as url, httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:
@@ -348,6 +349,7 @@ def test_protocol_progression_output_and_usage(portrait_jpeg):
     assert Image.open(io.BytesIO(image.content)).size == (600, 700)
 
 
+@pytest.mark.backend_free
 @pytest.mark.parametrize(
     "params, code",
     [
@@ -367,6 +369,7 @@ def test_protocol_bad_values_become_task_errors(portrait_jpeg, params, code):
     assert task["status"] == "failed" and task["error"]["code"] == code and task["error"]["error_message"]
 
 
+@pytest.mark.backend_free
 @pytest.mark.parametrize(
     "served, code",
     [
@@ -382,6 +385,7 @@ def test_protocol_checks_the_downloaded_image(served, code):
     assert task["status"] == "failed" and task["error"]["code"] == code
 
 
+@pytest.mark.backend_free
 def test_protocol_refuses_oversized_resolution():
     big = images.to_bytes(Image.new("RGB", (4100, 32), (90, 90, 90)), "JPEG")
     emu = VtrixEmulator(fetcher=_served(big))
@@ -390,6 +394,7 @@ def test_protocol_refuses_oversized_resolution():
     assert task["error"] == {"code": "003010002", "error_message": "image resolution exceeds 4096 * 4096"}
 
 
+@pytest.mark.backend_free
 def test_protocol_http_refusals(portrait_jpeg):
     emu = VtrixEmulator(fetcher=_served(portrait_jpeg))
     with emu.serve() as url:
@@ -406,6 +411,7 @@ def test_protocol_http_refusals(portrait_jpeg):
         assert httpx.get(url + "/model/v1/generation/task/nope", headers=AUTH, timeout=10).status_code == 404
 
 
+@pytest.mark.backend_free
 def test_protocol_per_minute_cap(portrait_jpeg):
     emu = VtrixEmulator(fetcher=_served(portrait_jpeg))
     emu.faults["rate_per_minute"] = 2

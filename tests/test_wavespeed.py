@@ -196,6 +196,7 @@ def test_a_stuck_task_fails_at_the_vendor_deadline(settings, emulator, photo):
     assert job.error_message == adapter.TIMED_OUT
 
 
+@pytest.mark.backend_free
 def test_base64_outputs_are_accepted_plain_and_as_data_uri(portrait_jpeg):
     provider = get_provider("wavespeed")
     png = io.BytesIO()
@@ -224,6 +225,7 @@ def _image_uri(data: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(data).decode()
 
 
+@pytest.mark.backend_free
 def test_status_progression_both_result_paths_and_envelope(portrait_jpeg):
     emu = WaveSpeedEmulator()
     with emu.serve() as url, httpx.Client(base_url=url, headers=AUTH, timeout=30) as client:
@@ -255,6 +257,7 @@ def test_status_progression_both_result_paths_and_envelope(portrait_jpeg):
     assert final["timings"]["inference"] > 0
 
 
+@pytest.mark.backend_free
 def test_concurrency_cap_keeps_extra_tasks_created(portrait_jpeg):
     emu = WaveSpeedEmulator(concurrency=1)
     with emu.serve() as url, httpx.Client(base_url=url, headers=AUTH, timeout=30) as client:
@@ -271,6 +274,7 @@ def test_concurrency_cap_keeps_extra_tasks_created(portrait_jpeg):
         assert status(ids[1]) == "processing"
 
 
+@pytest.mark.backend_free
 def test_per_minute_start_limit(portrait_jpeg):
     emu = WaveSpeedEmulator(rate_per_minute=2)
     body = {"prompt": "x", "image": _image_uri(portrait_jpeg)}
@@ -281,6 +285,7 @@ def test_per_minute_start_limit(portrait_jpeg):
     assert codes == [200, 200, 429, 200]
 
 
+@pytest.mark.backend_free
 @pytest.mark.parametrize(
     "path, body, status, text",
     [
@@ -318,6 +323,7 @@ def test_emulator_validates_the_documented_fields(path, body, status, text):
     assert response.json()["code"] == status and text in response.json()["message"]
 
 
+@pytest.mark.backend_free
 def test_emulator_checks_the_bearer_key_everywhere():
     emu = WaveSpeedEmulator()
     with emu.serve() as url:
@@ -331,6 +337,7 @@ def test_emulator_checks_the_bearer_key_everywhere():
         assert httpx.post(url + "/api/v3/media/upload/binary", timeout=10).status_code == 401
 
 
+@pytest.mark.backend_free
 def test_an_unfetchable_image_url_fails_the_task_with_a_download_error():
     emu = WaveSpeedEmulator()
     with emu.serve() as url, httpx.Client(base_url=url, headers=AUTH, timeout=30) as client:

@@ -310,6 +310,7 @@ def test_live_mode_with_a_loopback_public_url_registers_no_webhook(settings, pho
     assert next(iter(emu.tasks.values())).webhook == "", "a real vendor cannot call 127.0.0.1"
 
 
+@pytest.mark.backend_free
 @pytest.mark.parametrize(
     "public_url, reachable",
     [
@@ -355,6 +356,7 @@ def two_local_servers():
         server.server_close()
 
 
+@pytest.mark.backend_free
 @pytest.mark.parametrize("vendor", ["perfectcorp", "wavespeed", "vtrix", "headshot"])
 def test_private_links_only_on_the_vendors_own_host_and_port(settings, two_local_servers, vendor):
     own, other = two_local_servers
