@@ -74,6 +74,7 @@ class Cluster:
             DATABASE_URL=self.database_url,
             STUDIO_DATA_DIR=str(self.data_dir),
             Q_CPU_WORKERS=str(self.workers),
+            STUDIO_STEP_PROCESSES="1",  # one step runner process per machine: lighter; runstudio's test runs the default
             Q_SYNC="0",
             DJANGO_SETTINGS_MODULE="portraitstudio.settings",
             LOG_LEVEL="INFO",
