@@ -7,10 +7,10 @@ from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
-    help = "Run vendor jobs' steps as they fall due (studio/steps.py); one or more per vendor machine."
+    help = "Run vendor jobs' steps as they fall due (studio/jobs/steps.py); one or more per vendor machine."
 
     def handle(self, *args, **options):
-        from studio import steps
+        from studio.jobs import steps
 
         steps.run_forever(
             at_once=settings.STUDIO_STEPS_AT_ONCE, slow_at_once=settings.STUDIO_SLOW_STEPS_AT_ONCE, stdout=self.stdout
