@@ -3,7 +3,7 @@
 As bench/webhooks.py, everything is real and on 127.0.0.1: the Perfect Corp
 emulator's v2 family over HTTP, the studio behind a threaded WSGI server
 (the emulator POSTs signed Standard Webhooks to /webhooks/perfectcorp/),
-and the studio's own runner (services.job_run) running `--workers` jobs at
+and the studio's own runner (studio.jobs.run.job_run) running `--workers` jobs at
 once. The jobs are v2 hairstyles (hair-transfer v2.1 with a template); each
 task takes `--engine` seconds ± `--jitter` (a uniform spread: real engine
 times vary, which is what makes polling cost more than one status check).
@@ -50,10 +50,12 @@ def run(*, mode: str, jobs: int, workers: int, engine: float, jitter: float, rat
     from django.core.cache import cache
     from django.db import connection
 
-    from studio import services
+    from studio.jobs.create import job_create
+    from studio.jobs.run import job_run
     from studio.models import Job
     from studio.operations import get_operation
     from studio.ownership import Owner
+    from studio.photos import photo_create
     from studio.vendors import sandbox
     from studio.vendors.emulators.perfectcorp import PerfectCorpEmulator
 
@@ -73,7 +75,7 @@ def run(*, mode: str, jobs: int, workers: int, engine: float, jitter: float, rat
 
     owner = Owner(visitor_id=f"bench-pc-{MODES.index(mode)}")
     op = get_operation("pc_hairstyle")
-    photo = services.photo_create(owner=owner, data=photo_bytes, filename="me.jpg")
+    photo = photo_create(owner=owner, data=photo_bytes, filename="me.jpg")
     durations: list[float] = []
     lock = threading.Lock()
     with emulator.serve(), sandbox.use("perfectcorp", emulator, over_http=True):
@@ -81,14 +83,14 @@ def run(*, mode: str, jobs: int, workers: int, engine: float, jitter: float, rat
         hooks = settings.PERFECTCORP_WEBHOOKS
         emulator.webhook_url = settings.STUDIO_PUBLIC_URL + "/webhooks/perfectcorp/" if hooks else ""
         created = [
-            services.job_create(owner=owner, photo=photo, operation=op, params={"style_id": template})
+            job_create(owner=owner, photo=photo, operation=op, params={"style_id": template})
             for _ in range(jobs)
         ]
 
         def one(job) -> None:
             try:
                 started = time.monotonic()
-                services.job_run(job.pk)
+                job_run(job.pk)
                 with lock:
                     durations.append(time.monotonic() - started)
             finally:

@@ -8,7 +8,7 @@ real vendor account, so not sandbox mode) and starts a real
 `manage.py qcluster` on that database (2 workers). It then submits AI-headshot jobs one at a time, each
 after the previous one finished and a random pause, so no job ever waits
 behind another and queueing is not measured. Each job is created the way a
-web request creates it (`services.job_create` in a transaction, enqueued on
+web request creates it (`studio.jobs.create.job_create` in a transaction, enqueued on
 commit) and runs the whole production path in the worker: broker delivery,
 claim, heartbeat, reading the photo, the Headshot API call, checking and
 storing the returned image with its thumbnail, the success update.
@@ -194,17 +194,18 @@ def child(args) -> None:
     from django.core.management import call_command
     from django.db import connection, transaction
 
-    from studio import services
+    from studio.jobs.create import job_create
     from studio.models import Job
     from studio.operations import get_operation
     from studio.ownership import Owner
+    from studio.photos import photo_create
     from studio.vendors.emulators.headshot import HeadshotEmulator
     from tests.images import astronaut, to_bytes
     from tests.live import Cluster
 
     call_command("migrate", verbosity=0)
     owner = Owner(visitor_id="bench-pipeline")
-    photo = services.photo_create(owner=owner, data=to_bytes(astronaut(2)), filename="portrait.jpg")
+    photo = photo_create(owner=owner, data=to_bytes(astronaut(2)), filename="portrait.jpg")
     operation = get_operation("ai_headshot")
     params, errors = operation.clean_params({"prompt": "studio headshot, grey backdrop", "seed": 7})
     assert not errors, errors
@@ -224,7 +225,7 @@ def child(args) -> None:
             pauses = random.Random(0)
             for number in range(args.warmup + args.jobs):
                 with transaction.atomic():
-                    job = services.job_create(owner=owner, photo=photo, operation=operation, params=params)
+                    job = job_create(owner=owner, photo=photo, operation=operation, params=params)
                 (job,) = cluster.wait_for_jobs([job.pk], timeout=120)
                 if job.status != Job.Status.SUCCEEDED and number < args.warmup:
                     raise SystemExit(f"a warm-up job failed: {job.error_message}\n{cluster.log()[-3000:]}")

@@ -52,19 +52,20 @@ VENDOR_SECONDS = {"pc_colorize": PC_ENGINE_S, "ws_portrait": 2 * WS_STAGE_S}
 
 CREATE = """
 import sys, json
-from studio import services
+from studio.jobs.create import job_create
+from studio.photos import photo_create
 from studio.operations import get_operation
 from studio.ownership import Owner
 from tests import images
 owner = Owner(visitor_id="bench-vendor-wait")
-photo = services.photo_create(owner=owner, data=images.to_bytes(images.astronaut(), "JPEG", quality=90))
+photo = photo_create(owner=owner, data=images.to_bytes(images.astronaut(), "JPEG", quality=90))
 kinds = sys.argv[-1].split(",")
 ids = []
 for kind in kinds:
     op = get_operation(kind)
     params, errors = op.clean_params({})
     assert not errors, errors
-    ids.append(str(services.job_create(owner=owner, photo=photo, operation=op, params=params).pk))
+    ids.append(str(job_create(owner=owner, photo=photo, operation=op, params=params).pk))
 print("IDS " + json.dumps(ids))
 """
 

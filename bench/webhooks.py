@@ -3,7 +3,7 @@
 The whole path is real: the WaveSpeed emulator on 127.0.0.1 over HTTP, the
 studio served by a threaded WSGI server on 127.0.0.1 (so webhooks arrive as
 real POSTs at /webhooks/wavespeed/<token>/), and jobs run by the studio's
-own runner (services.job_run: submit, wait between polls on studio.wakeup,
+own runner (studio.jobs.run.job_run: submit, wait between polls on studio.wakeup,
 fetch, store), several at once as a worker pool would.
 
 The emulator runs at a tier that admits every job at once (1000 submissions
@@ -76,10 +76,12 @@ def run(*, mode: str, jobs: int, workers: int, stage: float, backstop: int, phot
     from django.conf import settings
     from django.db import connection
 
-    from studio import services
+    from studio.jobs.create import job_create
+    from studio.jobs.run import job_run
     from studio.models import Job
     from studio.operations import get_operation
     from studio.ownership import Owner
+    from studio.photos import photo_create
     from studio.vendors import sandbox
     from studio.vendors.emulators.wavespeed import WaveSpeedEmulator
 
@@ -96,17 +98,17 @@ def run(*, mode: str, jobs: int, workers: int, stage: float, backstop: int, phot
     owner = Owner(visitor_id=f"bench-{mode.split(',')[0]}")
     op = get_operation("ws_portrait")
     params, _ = op.clean_params({"prompt": "soft window light", "seed": 7})
-    photo = services.photo_create(owner=owner, data=photo_bytes, filename="me.jpg")
+    photo = photo_create(owner=owner, data=photo_bytes, filename="me.jpg")
     durations: list[float] = []
     lock = threading.Lock()
 
     with emulator.serve(), sandbox.use("wavespeed", emulator, over_http=True):
-        created = [services.job_create(owner=owner, photo=photo, operation=op, params=params) for _ in range(jobs)]
+        created = [job_create(owner=owner, photo=photo, operation=op, params=params) for _ in range(jobs)]
 
         def one(job) -> None:
             try:
                 started = time.monotonic()
-                services.job_run(job.pk)
+                job_run(job.pk)
                 with lock:
                     durations.append(time.monotonic() - started)
             finally:

@@ -336,7 +336,7 @@ Q_CLUSTER = {
 }
 # The ORM broker keeps delivery receipts; the Redis broker is faster but has
 # none, so a task whose worker dies is gone: the job table and the recovery
-# sweep bring such jobs back (see studio/recovery.py).
+# sweep bring such jobs back (see studio/jobs/recovery.py).
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
@@ -348,12 +348,12 @@ else:
 Q_CLUSTER["queue_limit"] = Q_CLUSTER["workers"]
 # django-q2's workers run local, CPU-bound operations (retouch, segmentation, …)
 # and the schedules: about one per core. Vendor jobs never take a worker: their
-# steps run on the step runner's threads (studio/steps.py, below).
+# steps run on the step runner's threads (studio/jobs/steps.py, below).
 Q_CPU_WORKERS = env_int("Q_CPU_WORKERS", env_int("Q_WORKERS", os.cpu_count() or 1, minimum=1), minimum=1, maximum=64)
 Q_CLUSTER["workers"] = Q_CLUSTER["queue_limit"] = Q_CPU_WORKERS
 # A job not finished this long after it was queued is failed by the sweeper.
 STUDIO_JOB_DEADLINE_SECONDS = env_int("STUDIO_JOB_DEADLINE_SECONDS", 900, minimum=30)
-# Crash recovery (studio/recovery.py). A running job's worker refreshes its
+# Crash recovery (studio/jobs/recovery.py). A running job's worker refreshes its
 # heartbeat every third of STUDIO_JOB_ORPHAN_SECONDS from a side thread, so a
 # job whose heartbeat is older than that lost its worker (SIGKILL, a machine
 # gone) and is queued again to resume. A queued job not picked up for
@@ -363,7 +363,7 @@ STUDIO_JOB_DEADLINE_SECONDS = env_int("STUDIO_JOB_DEADLINE_SECONDS", 900, minimu
 STUDIO_JOB_ORPHAN_SECONDS = env_int("STUDIO_JOB_ORPHAN_SECONDS", 30, minimum=2)
 STUDIO_JOB_REQUEUE_SECONDS = env_int("STUDIO_JOB_REQUEUE_SECONDS", 60, minimum=2)
 STUDIO_RECOVERY_EVERY_SECONDS = env_int("STUDIO_RECOVERY_EVERY_SECONDS", 15, minimum=1)
-# A vendor job holds no worker (studio/steps.py): the step runner (manage.py
+# A vendor job holds no worker (studio/jobs/steps.py): the step runner (manage.py
 # runsteps) looks this often for jobs whose next step (submit, poll, download) is due,
 STUDIO_STEP_TICK_MS = env_int("STUDIO_STEP_TICK_MS", 100, minimum=20, maximum=5000)
 # in this many processes (preparing uploads and storing results is picture work, which

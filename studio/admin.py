@@ -251,12 +251,13 @@ class StyleTemplateForm(forms.ModelForm):
 def preview_templates(modeladmin, request, queryset):
     from django.contrib import messages
 
-    from studio import services
+    from studio import templates_library
+    from studio.errors import ServiceError
 
     for template in queryset:
         try:
-            job = services.template_preview(template=template, user=request.user)
-        except services.ServiceError as exc:
+            job = templates_library.template_preview(template=template, user=request.user)
+        except ServiceError as exc:
             modeladmin.message_user(request, exc.message, messages.ERROR)
             continue
         job.refresh_from_db()
@@ -331,13 +332,14 @@ def save_results_as_templates(modeladmin, request, queryset):
     from django.contrib import messages
     from django.core.exceptions import ValidationError
 
-    from studio import services
+    from studio import templates_library
+    from studio.errors import ServiceError
 
     for result in queryset.select_related("job"):
         try:
-            template = services.template_save_from_result(result=result)
-        except (services.ServiceError, ValidationError) as exc:
-            text = exc.message if isinstance(exc, services.ServiceError) else " ".join(exc.messages)
+            template = templates_library.template_save_from_result(result=result)
+        except (ServiceError, ValidationError) as exc:
+            text = exc.message if isinstance(exc, ServiceError) else " ".join(exc.messages)
             modeladmin.message_user(request, f"{result}: {text}", messages.ERROR)
             continue
         modeladmin.message_user(

@@ -23,7 +23,7 @@ from typing import Any
 from django.conf import settings
 from PIL import Image
 
-from studio import selectors, services, styles
+from studio import photos, selectors, styles
 from studio.imaging import ImageRejected, encode_png
 from studio.models import Photo, Style
 from studio.operations import Operation
@@ -171,7 +171,7 @@ def _collect_reference(request, owner, op: Operation, found: FormInputs, *, labe
             )
             return
         try:
-            reference = services.photo_create(owner=owner, data=upload.read(), filename=upload.name or "")
+            reference = photos.photo_create(owner=owner, data=upload.read(), filename=upload.name or "")
         except ImageRejected as exc:
             found.errors[REFERENCE_FIELD] = f"{label}: {exc.message}"
             return

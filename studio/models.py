@@ -123,7 +123,7 @@ class Job(OwnedModel):
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    # A vendor job holds no worker (studio/steps.py): step_due_at is when its next
+    # A vendor job holds no worker (studio/jobs/steps.py): step_due_at is when its next
     # step (submit, a poll, the download) is useful; empty while a step runs or
     # for a local job. step_owner names the step runner that runs its step now.
     step_due_at = models.DateTimeField(null=True, blank=True, db_index=True)

@@ -1,8 +1,8 @@
 """Who owns what: a signed-in user, or an anonymous visitor through the session.
 
 Anonymous visitors get a random visitor id kept in their session. When they
-sign up or log in, everything made under that id moves to the account (see
-signals.py), so no work is lost.
+sign up or log in, everything made under that id moves to the account
+(owner_adopt_visitor_work, on the log-in signal in signals.py), so no work is lost.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import secrets
 from dataclasses import dataclass
 
 from django.db.models import Q
+
+from studio.models import Job, Photo
 
 VISITOR_SESSION_KEY = "studio_visitor_id"
 
@@ -79,3 +81,15 @@ def owner_for(request, *, create: bool = False) -> Owner:
     if request.user.is_authenticated:
         return Owner(user_id=request.user.pk)
     return Owner(visitor_id=visitor_id(request, create=create))
+
+
+def owner_adopt_visitor_work(*, user, visitor_id: str) -> int:
+    """On sign-up or log-in, move a visitor's photos and jobs to the account."""
+    if not visitor_id:
+        return 0
+    moved = 0
+    for model in (Photo, Job):
+        moved += model.objects.filter(owner_user__isnull=True, owner_visitor=visitor_id).update(
+            owner_user=user, owner_visitor=""
+        )
+    return moved

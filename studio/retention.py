@@ -5,7 +5,7 @@ mask) is kept STUDIO_RETENTION_HOURS after its last use: its upload or the end
 of the last job that read it, as the selfie or as the reference photo.
 Results are not covered: they stay until their owner deletes them.
 
-The purge itself is `services.photos_purge_expired`; this module only
+The purge itself is `deletion.photos_purge_expired`; this module only
 answers "when", for the purge and for the page that shows each photo's date.
 """
 

@@ -48,7 +48,7 @@ def adopt_visitor_work(sender, request, user, **kwargs):
     """
     from django.contrib import messages
 
-    from studio.services import owner_adopt_visitor_work
+    from studio.ownership import owner_adopt_visitor_work
 
     if request is not None and hasattr(request, "session"):
         visitor = request.session.pop(VISITOR_SESSION_KEY, "")
@@ -58,10 +58,10 @@ def adopt_visitor_work(sender, request, user, **kwargs):
 
 @receiver(post_spawn)
 def start_job_recovery(sender, proc_name=None, **kwargs):
-    """Each new django-q2 worker process checks for stranded jobs soon, then regularly (studio.recovery)."""
+    """Each new django-q2 worker process checks for stranded jobs soon, then regularly (studio.jobs.recovery)."""
     from django_q.conf import Conf
 
-    from studio import recovery
+    from studio.jobs import recovery
 
     # In sync mode (Q_SYNC, tests) django-q2 runs each task inline in the calling
     # process and sends post_spawn there too: that is a web process, not a worker.
@@ -86,7 +86,7 @@ def ensure_schedules(sender, app_config=None, **kwargs):
             "repeats": -1,
         },
     )
-    # Crash recovery also runs from a thread in every worker (studio.recovery);
+    # Crash recovery also runs from a thread in every worker (studio.jobs.recovery);
     # this minutely run is the safety net.
     Schedule.objects.update_or_create(
         name="recover-jobs",
@@ -97,7 +97,7 @@ def ensure_schedules(sender, app_config=None, **kwargs):
             "repeats": -1,
         },
     )
-    # Retention: photos past STUDIO_RETENTION_HOURS go (services.photos_purge_expired).
+    # Retention: photos past STUDIO_RETENTION_HOURS go (deletion.photos_purge_expired).
     Schedule.objects.update_or_create(
         name="purge-expired-photos",
         defaults={

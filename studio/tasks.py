@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from studio import services
+from studio import deletion
+from studio.errors import GENERIC_FAILURE, TIMED_OUT
+from studio.jobs import recovery, run
 
 log = logging.getLogger(__name__)
 
 
 def run_job(job_id: str) -> str:
-    return services.job_run(job_id)  # "ran" or "skipped", kept as the task's result
+    return run.job_run(job_id)  # "ran" or "skipped", kept as the task's result
 
 
 def run_job_finished(task) -> None:
@@ -19,29 +21,27 @@ def run_job_finished(task) -> None:
     A django-q2 timeout kills the task with SystemExit, which no `except
     Exception` inside the task sees; this hook makes sure the job still ends
     in a terminal state with a message. A worker killed outright (SIGKILL)
-    calls no hook at all: studio.recovery finds its job by the heartbeat.
+    calls no hook at all: studio.jobs.recovery finds its job by the heartbeat.
     """
     if task.success:
         return
     job_id = task.args[0] if task.args else None
     timed_out = "timeout" in str(task.result).lower()
-    message = services.TIMED_OUT if timed_out else services.GENERIC_FAILURE
-    if job_id and services.job_mark_failed(job_id, message):
+    message = TIMED_OUT if timed_out else GENERIC_FAILURE
+    if job_id and run.job_mark_failed(job_id, message):
         log.warning("job %s failed in its worker: %s", job_id, str(task.result)[:500])
 
 
 def sweep_stale_jobs() -> int:
-    return services.jobs_sweep_stale()
+    return recovery.jobs_sweep_stale()
 
 
 def recover_jobs() -> dict:
-    from studio import recovery
-
     return recovery.jobs_recover()
 
 
 def purge_expired_photos() -> int:
-    return services.photos_purge_expired()
+    return deletion.photos_purge_expired()
 
 
 def process_vendor_deletions() -> dict:

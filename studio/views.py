@@ -19,8 +19,22 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
-from studio import archive, imaging, job_inputs, media, print_sheet, retention, selectors, services, views_compare
+from studio import (
+    archive,
+    deletion,
+    imaging,
+    job_inputs,
+    media,
+    photos,
+    print_sheet,
+    retention,
+    selectors,
+    sharing,
+    views_compare,
+)
+from studio.errors import ServiceError
 from studio.imaging import ImageRejected
+from studio.jobs import create
 from studio.limits import limited
 from studio.models import Job, Photo, Result, Style
 from studio.operations import GROUPS, OPERATIONS, SLOW_SECONDS, TYPICAL_SECONDS_BY_PROVIDER
@@ -149,7 +163,7 @@ def photo_upload(request):
         error = f"This file is larger than {settings.STUDIO_MAX_UPLOAD_MB} MB. Please upload a smaller photo."
     else:
         try:
-            photo = services.photo_create(owner=owner, data=upload.read(), filename=upload.name or "")
+            photo = photos.photo_create(owner=owner, data=upload.read(), filename=upload.name or "")
         except ImageRejected as exc:
             error = exc.message
     if not request.htmx:
@@ -165,7 +179,7 @@ def photo_upload(request):
 @require_POST
 def photo_delete(request, photo_id):
     photo = selectors.photo_get_for_owner(owner_for(request), photo_id)
-    services.photo_delete(photo=photo)
+    photos.photo_delete(photo=photo)
     if request.htmx:
         return HttpResponseClientRedirect(reverse("studio:home"))
     return redirect("studio:home")
@@ -202,12 +216,12 @@ def job_create(request):
             runs, shown_values = views_compare.submission_runs(request, op, params)
             # One job per picked style (job_inputs.py).
             runs = job_inputs.expand_runs(runs, op, inputs)
-            jobs = services.job_create_batch(
+            jobs = create.job_create_batch(
                 owner=owner, photo=photo, runs=runs, reference_photo=inputs.reference_photo, mask=inputs.mask,
                 notify_email=request.POST.get("notify") == "1" and _notify_option(request, op)["allowed"],
             )
             job = jobs[0]
-        except services.ServiceError as exc:
+        except ServiceError as exc:
             form_error = exc.message
     if not request.htmx:
         if job and job.batch:
@@ -277,7 +291,7 @@ def _poll_owner_and_state(request, job_id):
 @require_POST
 def job_delete(request, job_id):
     job = selectors.job_get_for_owner(owner_for(request), job_id)
-    services.job_delete(job=job)
+    create.job_delete(job=job)
     if request.htmx:
         return HttpResponse("")  # the card removes itself
     messages.success(request, "Deleted.")
@@ -300,8 +314,8 @@ def job_rerun(request, job_id):
         messages.error(request, " ".join(errors.values()))
         return redirect(request.POST.get("next") or reverse("studio:job", args=[job.pk]))
     try:
-        new_job = services.job_rerun(owner=owner, job=job, params=params)
-    except services.ServiceError as exc:
+        new_job = create.job_rerun(owner=owner, job=job, params=params)
+    except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect("studio:job", job_id=job.pk)
     return redirect("studio:job", job_id=new_job.pk)
@@ -469,7 +483,7 @@ def _zip_response(results, filename: str) -> StreamingHttpResponse:
 @require_POST
 def result_delete(request, result_id):
     result = selectors.result_get_for_owner(owner_for(request), result_id)
-    services.result_delete(result=result)
+    deletion.result_delete(result=result)
     messages.success(request, "The result was deleted.")
     if request.htmx:
         return HttpResponseClientRedirect(reverse("studio:gallery"))
@@ -483,7 +497,7 @@ def result_chain(request, result_id):
     owner = owner_for(request, create=True)
     result = selectors.result_get_for_owner(owner, result_id)
     try:
-        photo = services.photo_from_result(owner=owner, result=result)
+        photo = photos.photo_from_result(owner=owner, result=result)
     except ImageRejected as exc:
         messages.error(request, exc.message)
         return redirect("studio:result", result_id=result.pk)
@@ -496,14 +510,14 @@ def result_share(request, result_id):
     if request.POST.get("enabled") == "1":
         days = request.POST.get("expires_days", "")
         expires_at = timezone.now() + timedelta(days=int(days)) if days in SHARE_EXPIRY_DAYS else None
-        share = services.share_enable(
+        share = sharing.share_enable(
             result=result,
             show_before=request.POST.get("show_before") == "1",
             allow_download=request.POST.get("allow_download") == "1",
             expires_at=expires_at,
         )
     else:
-        services.share_disable(result=result)
+        sharing.share_disable(result=result)
         share = None
     if not request.htmx:
         return redirect("studio:result", result_id=result.pk)
@@ -543,7 +557,7 @@ def privacy(request):
 
 @require_POST
 def delete_everything(request):
-    counts = services.owner_delete_everything(owner=owner_for(request))
+    counts = deletion.owner_delete_everything(owner=owner_for(request))
     messages.success(
         request,
         f"Deleted {counts['photos']} photo(s), {counts['jobs']} job(s), {counts['results']} result(s) "
@@ -566,7 +580,7 @@ def account_delete(request):
         messages.error(request, "That is not your password; your account was not deleted.")
         return redirect("studio:privacy")
     email = request.user.email
-    counts = services.account_delete(user=request.user)
+    counts = deletion.account_delete(user=request.user)
     logout(request)
     messages.success(
         request,

@@ -20,7 +20,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from studio import media, selectors, services
+from studio import media, selectors, templates_library
+from studio.errors import ServiceError
+from studio.jobs import create
 from studio.limits import limited
 from studio.models import StyleTemplate
 from studio.operations import OPERATIONS, Operation
@@ -108,7 +110,7 @@ def submission_runs(request, op: Operation, params: dict[str, Any]) -> tuple[lis
     if takes(op, "seed"):
         if request.POST.get("seed_lock") == "1":
             if params.get("seed") in (None, ""):
-                params["seed"] = services.seed_pick()
+                params["seed"] = templates_library.seed_pick()
             _set_seed_lock(request, op, params["seed"])
             shown = {"seed": params["seed"], "seed_lock": "1"}
         else:
@@ -125,7 +127,7 @@ def submission_runs(request, op: Operation, params: dict[str, Any]) -> tuple[lis
             values["template"] = template.slug  # the adapter labels results with it
         cleaned, errors = op.clean_params(values)
         if errors:
-            raise services.ServiceError(f"The template “{template.name}” no longer fits: {' '.join(errors.values())}")
+            raise ServiceError(f"The template “{template.name}” no longer fits: {' '.join(errors.values())}")
         runs.append((op, cleaned, template))
     if not runs:
         runs.append((op, params))
@@ -184,17 +186,17 @@ def result_reseed(request, result_id):
         if takes(op, "prompt"):
             raw["prompt"] = request.POST.get("prompt", "")
     else:
-        seed = services.seed_pick()
+        seed = templates_library.seed_pick()
         while str(seed) == str(old_seed):
-            seed = services.seed_pick()
+            seed = templates_library.seed_pick()
         raw["seed"] = seed
     params, errors = op.clean_params(raw)
     if errors:
         messages.error(request, " ".join(errors.values()))
         return redirect("studio:result", result_id=result.pk)
     try:
-        new_job = services.job_rerun(owner=owner, job=job, params=params)
-    except services.ServiceError as exc:
+        new_job = create.job_rerun(owner=owner, job=job, params=params)
+    except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect("studio:result", result_id=result.pk)
     return redirect("studio:job", job_id=new_job.pk)
@@ -213,9 +215,9 @@ def result_save_template(request, result_id):
         messages.error(request, "You may not add style templates.")
         return redirect("studio:result", result_id=result.pk)
     try:
-        template = services.template_save_from_result(result=result, name=request.POST.get("name", ""))
-    except (services.ServiceError, ValidationError) as exc:
-        text = exc.message if isinstance(exc, services.ServiceError) else " ".join(exc.messages)
+        template = templates_library.template_save_from_result(result=result, name=request.POST.get("name", ""))
+    except (ServiceError, ValidationError) as exc:
+        text = exc.message if isinstance(exc, ServiceError) else " ".join(exc.messages)
         messages.error(request, f"Could not save a template: {text}")
         return redirect("studio:result", result_id=result.pk)
     messages.success(

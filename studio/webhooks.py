@@ -27,7 +27,8 @@ from django.core.cache import cache
 from django.db.models import Q
 from django.urls import reverse
 
-from studio import steps, wakeup, webhook_signatures
+from studio import wakeup, webhook_signatures
+from studio.jobs import steps
 from studio.models import Job
 from studio.vendors.http import is_public_address
 
@@ -77,8 +78,8 @@ def perfectcorp_delivery(*, secret: str, headers, body: bytes, now: float | None
 
 
 def _wake(job_id) -> None:
-    """The job's next step is due now if it is parked (studio.steps); the signal
-    first, so a step running now parks and finds it (services.job_park)."""
+    """The job's next step is due now if it is parked (studio.jobs.steps); the signal
+    first, so a step running now parks and finds it (run.job_park)."""
     wakeup.wake(job_id)
     steps.job_wake(job_id)
 

@@ -33,7 +33,7 @@ import contextlib
 BASE_DIR = Path(__file__).resolve().parent.parent
 PYTHON = BASE_DIR / ".venv" / "bin" / "python"
 READY_LINE = "running."  # django-q2: "Q Cluster <name> running."
-STEPS_READY = "Step runner ready"  # studio.steps.READY
+STEPS_READY = "Step runner ready"  # studio.jobs.steps.READY
 
 
 class Cluster:
@@ -109,7 +109,7 @@ class Cluster:
         common = dict(cwd=BASE_DIR, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         # Each its own process group: workers are stopped (or killed, as a dead machine) with it.
         self.proc = subprocess.Popen([str(PYTHON), "manage.py", "qcluster"], env=env, start_new_session=True, **common)
-        # And the machine's step runner: vendor jobs' submits, polls and downloads (studio/steps.py).
+        # And the machine's step runner: vendor jobs' submits, polls and downloads (studio/jobs/steps.py).
         self.steps_proc = subprocess.Popen(
             [str(PYTHON), "manage.py", "runsteps"], env=env, start_new_session=True, **common
         )

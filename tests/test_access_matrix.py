@@ -24,8 +24,9 @@ from django.core.files.base import ContentFile
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from studio import services, signed_media
+from studio import signed_media
 from studio.models import Job, Photo, Result, ShareLink
+from studio.sharing import share_enable
 from tests import images
 from tests.media import fetch
 
@@ -254,7 +255,7 @@ def world(portrait_jpeg) -> World:
     Job.objects.filter(pk=job.pk).update(batch=uuid.uuid4())
     job.refresh_from_db()
     result = job.results.get()
-    token = services.share_enable(result=result).token
+    token = share_enable(result=result).token
 
     from studio.models import Style, StyleGroup, StyleTemplate
 

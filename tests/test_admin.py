@@ -4,10 +4,12 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from studio import services
+from studio.jobs.create import job_create
 from studio.models import Job
 from studio.operations import get_operation
 from studio.ownership import Owner
+from studio.photos import photo_create
+from studio.sharing import share_enable
 from tests.media import fetch
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -16,11 +18,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def finished_job(portrait_jpeg):
     owner = Owner(visitor_id="someone")
-    photo = services.photo_create(owner=owner, data=portrait_jpeg, filename="me.jpg")
+    photo = photo_create(owner=owner, data=portrait_jpeg, filename="me.jpg")
     retouch = get_operation("studio_retouch")
-    job = services.job_create(owner=owner, photo=photo, operation=retouch, params={"strength": 0.5})
+    job = job_create(owner=owner, photo=photo, operation=retouch, params={"strength": 0.5})
     result = job.results.get()
-    services.share_enable(result=result)
+    share_enable(result=result)
     return Job.objects.get(pk=job.pk)
 
 

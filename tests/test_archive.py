@@ -78,7 +78,7 @@ def test_favourites_are_marked_and_unmarked_and_only_they_go_in_their_zip(owner_
 def test_batch_zip_holds_that_batch_only_with_names_kept_apart(owner_client, photo):  # noqa: F811
     _finished(owner_client, photo, strength="0.5")  # another submission: not in the batch
     crops = [_finished(owner_client, photo, operation="headshot_crop", preset=p) for p in ("1:1", "4:5")]
-    # One submission of several looks shares a batch (services.job_create_batch); the same here.
+    # One submission of several looks shares a batch (studio.jobs.create.job_create_batch); the same here.
     batch = uuid.uuid4()
     Job.objects.filter(pk__in=[job.pk for job in crops]).update(batch=batch)
     archive = _zip(owner_client.get(f"/compare/{batch}/download.zip"))

@@ -12,7 +12,9 @@ import pytest
 from django.contrib.auth.models import User
 from playwright.sync_api import Page, expect
 
-from studio import services
+from studio.jobs import create
+from studio.jobs.create import job_create
+from studio.jobs.run import job_mark_failed
 from studio.models import Job
 from studio.operations import get_operation
 from studio.ownership import Owner
@@ -83,15 +85,15 @@ def test_monitor_filters_retry_and_vendor_panel(studio, qcluster, portrait_file,
     crop = Job.objects.get(pk=crop_id)
     owner = Owner(visitor_id=crop.owner_visitor)
     # …and one that failed at a vendor, with a secret in what the vendor sent back.
-    original = services.enqueue_job
-    services.enqueue_job = lambda job_id: None
+    original = create.enqueue_job
+    create.enqueue_job = lambda job_id: None
     try:
-        failed = services.job_create(
+        failed = job_create(
             owner=owner, photo=crop.photo, operation=get_operation("background_blur"), params={"strength": 0.4}
         )
     finally:
-        services.enqueue_job = original
-    services.job_mark_failed(failed.pk, "The service was busy. Please try again in a minute.")
+        create.enqueue_job = original
+    job_mark_failed(failed.pk, "The service was busy. Please try again in a minute.")
     Job.objects.filter(pk=failed.pk).update(vendor_meta={"access_token": PLANTED_TOKEN, "queue": "eu-1"})
 
     page, guard = studio.page()

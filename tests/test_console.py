@@ -11,11 +11,13 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from studio import services
 from studio.console.redaction import REMOVED, redact
+from studio.jobs.create import job_create
+from studio.jobs.run import job_mark_failed
 from studio.models import Job
 from studio.operations import get_operation
 from studio.ownership import Owner
+from studio.photos import photo_create, photo_delete
 from studio.vendors import base as vendor_base
 from studio.vendors.base import Provider, Submission
 
@@ -61,18 +63,18 @@ def owner():
 
 @pytest.fixture
 def photo(owner, portrait_jpeg):
-    return services.photo_create(owner=owner, data=portrait_jpeg, filename="me.jpg")
+    return photo_create(owner=owner, data=portrait_jpeg, filename="me.jpg")
 
 
 @pytest.fixture
 def failed_job(owner, photo, monkeypatch):
     """A real queued job (worker held back) failed through the service, with secrets in its payloads."""
     with monkeypatch.context() as patch:
-        patch.setattr(services, "enqueue_job", lambda job_id: None)
-        job = services.job_create(
+        patch.setattr("studio.jobs.create.enqueue_job", lambda job_id: None)
+        job = job_create(
             owner=owner, photo=photo, operation=get_operation("studio_retouch"), params={"strength": 0.3}
         )
-    assert services.job_mark_failed(job.pk, "The vendor timed out at https://api.example.com/x?token=PLANTED9.")
+    assert job_mark_failed(job.pk, "The vendor timed out at https://api.example.com/x?token=PLANTED9.")
     Job.objects.filter(pk=job.pk).update(vendor_meta=PLANTED, vendor_state={"file_id": "f-1", **PLANTED})
     return Job.objects.get(pk=job.pk)
 
@@ -232,7 +234,7 @@ def selectors_gallery(owner):
 
 
 def test_retry_of_a_job_whose_photo_is_gone_says_why(staff_client, failed_job):
-    services.photo_delete(photo=failed_job.photo)
+    photo_delete(photo=failed_job.photo)
     response = staff_client.post(f"{CONSOLE}jobs/{failed_job.pk}/retry", follow=True)
     assert "Not retried: The original photo of this job was deleted" in response.content.decode()
     assert Job.objects.count() == 1

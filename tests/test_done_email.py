@@ -8,7 +8,9 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from studio import done_email, services
+from studio import done_email
+from studio.jobs.create import job_create, job_create_batch
+from studio.jobs.run import job_mark_failed, job_run
 from studio.models import Job, Photo
 from studio.operations import get_operation
 from studio.ownership import Owner
@@ -60,18 +62,18 @@ def test_a_single_slow_job_and_a_named_failure(member, smtp_server):
     owner = Owner(user_id=user.pk)
     ops = [(get_operation("studio_retouch"), {}), (get_operation("headshot_crop"), {})]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(services, "enqueue_job", lambda job_id, **kw: None)  # held back: ended by hand below
-        jobs = services.job_create_batch(owner=owner, photo=photo, runs=ops, notify_email=True)
-    services.job_mark_failed(jobs[1].pk, "The face is too close to the edge. Try a photo with more space around it.")
+        patch.setattr("studio.jobs.create.enqueue_job", lambda job_id, **kw: None)  # held back: ended by hand below
+        jobs = job_create_batch(owner=owner, photo=photo, runs=ops, notify_email=True)
+    job_mark_failed(jobs[1].pk, "The face is too close to the edge. Try a photo with more space around it.")
     assert smtp_server.to(EMAIL) == []  # one job of the batch still queued: no e-mail yet
-    services.job_run(jobs[0].pk)
+    job_run(jobs[0].pk)
     [message] = smtp_server.wait_for(EMAIL)
     body = body_of(message)
     assert message["Subject"] == "Your batch of 2 jobs is done: 1 result, 1 failed"
     assert "- Headshot crop: The face is too close to the edge." in body
 
     # A lone job: its own page.
-    job = services.job_create(owner=owner, photo=photo, operation=get_operation("studio_retouch"), params={},
+    job = job_create(owner=owner, photo=photo, operation=get_operation("studio_retouch"), params={},
                               notify_email=True)
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED
@@ -83,7 +85,7 @@ def test_a_single_slow_job_and_a_named_failure(member, smtp_server):
 def test_racing_checks_send_exactly_once_on_any_database(member, smtp_server):
     """Six threads check the same finished batch at once: one sends."""
     client, user, photo = member
-    jobs = services.job_create_batch(
+    jobs = job_create_batch(
         owner=Owner(user_id=user.pk), photo=photo,
         runs=[(get_operation("studio_retouch"), {}), (get_operation("background_blur"), {})],
     )

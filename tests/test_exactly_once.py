@@ -20,10 +20,13 @@ from collections import Counter
 
 import pytest
 
-from studio import recovery, services
+from studio.jobs import recovery
+from studio.jobs.create import enqueue_job, job_create
+from studio.jobs.run import RAN, SKIPPED
 from studio.models import Result
 from studio.operations import get_operation
 from studio.ownership import Owner
+from studio.photos import photo_create
 from tests import images
 
 pytestmark = [pytest.mark.qcluster, pytest.mark.django_db(transaction=True)]
@@ -59,10 +62,10 @@ def test_two_clusters_on_redis_run_each_of_200_jobs_exactly_once(redis_queue, cl
     from django_q.models import Task
 
     name, connection, key = redis_queue
-    photo = services.photo_create(owner=OWNER, data=images.to_bytes(images.astronaut(), "JPEG", quality=90))
+    photo = photo_create(owner=OWNER, data=images.to_bytes(images.astronaut(), "JPEG", quality=90))
     crop = get_operation("headshot_crop")
     jobs = [
-        services.job_create(owner=OWNER, photo=photo, operation=crop, params={"preset": "1:1"}) for _ in range(JOBS)
+        job_create(owner=OWNER, photo=photo, operation=crop, params={"preset": "1:1"}) for _ in range(JOBS)
     ]
     assert connection.llen(key) == JOBS  # one message per job, sent when its row committed
 
@@ -72,7 +75,7 @@ def test_two_clusters_on_redis_run_each_of_200_jobs_exactly_once(redis_queue, cl
     assert lost.isdisjoint(recovery.waiting_job_ids())
     duplicated = {str(job.pk) for job in jobs[-DUPLICATED:]}
     for job_id in duplicated:
-        services.enqueue_job(job_id)
+        enqueue_job(job_id)
     assert connection.llen(key) == JOBS - LOST + DUPLICATED
 
     env = {
@@ -97,7 +100,7 @@ def test_two_clusters_on_redis_run_each_of_200_jobs_exactly_once(redis_queue, cl
     while True:
         outcomes = list(deliveries.values_list("name", "result", "group", "success"))
         per_job = Counter(task_name[4:] for task_name, *_ in outcomes)
-        ran_recorded = {task_name[4:] for task_name, result, *_ in outcomes if result == services.RAN}
+        ran_recorded = {task_name[4:] for task_name, result, *_ in outcomes if result == RAN}
         if len(ran_recorded) == JOBS and all(per_job[job_id] >= 2 for job_id in duplicated):
             break
         assert time.monotonic() < deadline, f"{len(outcomes)} deliveries recorded, {connection.llen(key)} waiting"
@@ -110,9 +113,9 @@ def test_two_clusters_on_redis_run_each_of_200_jobs_exactly_once(redis_queue, cl
     assert Counter(Result.objects.filter(job__in=jobs).values_list("job_id", flat=True)) == {j.pk: 1 for j in jobs}
 
     # 2. The task table: exactly one delivery per job ran it; every other one found it taken.
-    ran = Counter(task_name[4:] for task_name, result, *_ in outcomes if result == services.RAN)
+    ran = Counter(task_name[4:] for task_name, result, *_ in outcomes if result == RAN)
     assert ran == {str(job.pk): 1 for job in jobs}
-    skipped = Counter(task_name[4:] for task_name, result, *_ in outcomes if result == services.SKIPPED)
+    skipped = Counter(task_name[4:] for task_name, result, *_ in outcomes if result == SKIPPED)
     assert set(skipped) >= duplicated  # each second message was delivered, and refused
     assert sum(skipped.values()) == len(outcomes) - JOBS
     # The lost jobs ran from the message recovery sent them.

@@ -3,7 +3,7 @@
 Each case is one row of data below. It creates a real Job on the astronaut
 portrait through the services, switches the fault on in that vendor's
 emulator (served over real HTTP on 127.0.0.1, or in-process where the fault
-only exists there) and runs the job with services.job_run. Then it checks:
+only exists there) and runs the job with studio.jobs.run.job_run. Then it checks:
 
 - the job is terminal: a fault that clears ends in success, one that persists
   in `failed` with a message naming what went wrong and what to do next
@@ -38,10 +38,13 @@ import pytest
 from django.core.cache import cache
 from PIL import Image
 
-from studio import services
+from studio.errors import GENERIC_FAILURE
+from studio.jobs.create import job_create
+from studio.jobs.run import job_run
 from studio.models import Job
 from studio.operations import get_operation
 from studio.ownership import Owner
+from studio.photos import photo_create
 from studio.vendors import base as vendor_base
 from studio.vendors import headshot, perfectcorp, sandbox, vtrix, wavespeed
 from studio.vendors import http as vendor_http
@@ -480,15 +483,15 @@ def _vendors(settings, monkeypatch):
 
 @pytest.fixture
 def queued(monkeypatch) -> list:
-    """Jobs are queued, not run on commit: each test calls services.job_run itself."""
+    """Jobs are queued, not run on commit: each test calls job_run itself."""
     ids: list = []
-    monkeypatch.setattr(services, "enqueue_job", ids.append)
+    monkeypatch.setattr("studio.jobs.create.enqueue_job", ids.append)
     return ids
 
 
 @pytest.fixture
 def photo(portrait_jpeg):
-    return services.photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
+    return photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
 
 
 def closed_port_url() -> str:
@@ -571,9 +574,9 @@ def run_case(case: Case, *, photo, queued, settings, monkeypatch, emulator=None)
         elif case.wire == "refused":
             emulator.base_url = closed_port_url()
         stack.enter_context(sandbox.use(case.vendor, emulator, over_http=case.wire != "in-process"))
-        job = services.job_create(owner=OWNER, photo=photo, operation=operation, params=params)
+        job = job_create(owner=OWNER, photo=photo, operation=operation, params=params)
         assert queued == [job.pk]
-        services.job_run(job.pk)  # an exception escaping here fails the case
+        job_run(job.pk)  # an exception escaping here fails the case
     job.refresh_from_db()
     return job, emulator
 
@@ -607,7 +610,7 @@ def test_fault(case: Case, photo, queued, waits, settings, monkeypatch):
                 assert result.meta.get(name) == value
     else:
         assert job.status == Job.Status.FAILED
-        assert job.error_message != services.GENERIC_FAILURE
+        assert job.error_message != GENERIC_FAILURE
         assert re.search(case.failure, job.error_message, re.I), job.error_message
         assert NEXT_STEP.search(job.error_message), f"no next step in {job.error_message!r}"
         assert not job.results.exists()
@@ -692,7 +695,7 @@ def test_a_damaged_result_image_fails_with_its_own_message(vendor, photo, queued
         case, photo=photo, queued=queued, settings=settings, monkeypatch=monkeypatch, emulator=emulator
     )
     assert job.status == Job.Status.FAILED and not job.results.exists()
-    assert job.error_message != services.GENERIC_FAILURE
+    assert job.error_message != GENERIC_FAILURE
     assert re.search(case.failure, job.error_message, re.I), job.error_message
 
 
@@ -754,7 +757,7 @@ def test_a_slice_through_a_real_worker_fails_each_job_with_its_message(cluster, 
         sandbox.reset()
         cluster.extra_env.update(WORKER_ENV)
         cluster.start()
-        photo = services.photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
+        photo = photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
         for round_ in worker_rounds():
             books, jobs = {}, []
             for case in round_:
@@ -771,7 +774,7 @@ def test_a_slice_through_a_real_worker_fails_each_job_with_its_message(cluster, 
                 operation = get_operation(key)
                 params, errors = operation.clean_params(raw)
                 assert not errors, errors
-                jobs.append(services.job_create(owner=OWNER, photo=photo, operation=operation, params=params))
+                jobs.append(job_create(owner=OWNER, photo=photo, operation=operation, params=params))
             finished = cluster.wait_for_jobs([job.pk for job in jobs], timeout=120)
             for case, job in zip(round_, finished, strict=True):
                 emulator = emulators[case.vendor]

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio import services
+from studio.errors import OperationUnavailable
+from studio.jobs.create import job_create
 from studio.models import Job, StyleTemplate
 from studio.operations import get_operation
 from studio.ownership import Owner
+from studio.photos import photo_create
 from studio.vendors import headshot as adapter
 from studio.vendors import http as vendor_http
 from studio.vendors import sandbox
@@ -47,7 +49,7 @@ def emulator():
 
 @pytest.fixture
 def photo(portrait_jpeg):
-    return services.photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
+    return photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
 
 
 @pytest.fixture
@@ -55,7 +57,7 @@ def other_person():
     """A different-looking person: the portrait mirrored, with its colour channels swapped."""
     arr = images.astronaut_array()[:, ::-1, ::-1]
     data = images.to_bytes(Image.fromarray(np.ascontiguousarray(arr)).resize((1024, 1024)), "JPEG", quality=92)
-    return services.photo_create(owner=OWNER, data=data, filename="other.jpg")
+    return photo_create(owner=OWNER, data=data, filename="other.jpg")
 
 
 @pytest.fixture
@@ -73,7 +75,7 @@ def template():
 def run(photo, **raw) -> Job:
     params, errors = OP.clean_params(raw)
     assert not errors, errors
-    job = services.job_create(owner=OWNER, photo=photo, operation=OP, params=params)
+    job = job_create(owner=OWNER, photo=photo, operation=OP, params=params)
     job.refresh_from_db()  # ran inline on commit (sync mode)
     return job
 
@@ -152,7 +154,7 @@ def test_identity_strength_is_sent_and_changes_the_picture(emulator, photo):
 
 
 def test_large_photos_are_reduced_to_our_sending_policy(emulator):
-    big = services.photo_create(owner=OWNER, data=images.to_bytes(images.astronaut(scale=6), "JPEG"), filename="b.jpg")
+    big = photo_create(owner=OWNER, data=images.to_bytes(images.astronaut(scale=6), "JPEG"), filename="b.jpg")
     assert max(big.width, big.height) > 2048
     job = run(big, prompt=PROMPT, seed=3)
     assert job.status == Job.Status.SUCCEEDED, job.error_message
@@ -189,8 +191,8 @@ def test_unconfigured_vendor_is_unavailable_with_the_reason(photo):
     reason = get_provider("headshot").unavailable_reason()
     assert reason and "HEADSHOT_API_KEY" in reason
     # Visitors get a calm message; the reason with the setting's name is kept for staff.
-    with pytest.raises(services.OperationUnavailable) as refused:
-        services.job_create(owner=OWNER, photo=photo, operation=OP, params=OP.defaults())
+    with pytest.raises(OperationUnavailable) as refused:
+        job_create(owner=OWNER, photo=photo, operation=OP, params=OP.defaults())
     assert "HEADSHOT_API_KEY" in refused.value.reason and "HEADSHOT_API_KEY" not in refused.value.message
 
 

@@ -10,10 +10,16 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 from PIL import Image
 
-from studio import effects, services
+from studio import effects
+from studio.deletion import result_delete
+from studio.errors import GENERIC_FAILURE, TIMED_OUT, ServiceError
+from studio.jobs.create import job_create
+from studio.jobs.recovery import jobs_sweep_stale
+from studio.jobs.run import _store_outputs, job_claim, job_mark_failed, job_report, job_run
 from studio.models import Job, Result
 from studio.operations import get_operation
 from studio.ownership import Owner
+from studio.photos import photo_create, photo_from_result
 from studio.tasks import run_job_finished
 from studio.vendors import base as vendor_base
 from studio.vendors import local
@@ -26,14 +32,14 @@ OWNER = Owner(visitor_id="visitor-a")
 
 def retouch(photo, strength=0.5) -> Job:
     """Create (and, in sync mode, run) a retouch job on the photo."""
-    return services.job_create(
+    return job_create(
         owner=OWNER, photo=photo, operation=get_operation("studio_retouch"), params={"strength": strength}
     )
 
 
 @pytest.fixture
 def photo(portrait_jpeg):
-    return services.photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
+    return photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
 
 
 def _pixels(field) -> np.ndarray:
@@ -50,7 +56,7 @@ def _pixels(field) -> np.ndarray:
     ],
 )
 def test_each_local_operation_runs_to_a_stored_result(photo, operation, params):
-    job = services.job_create(owner=OWNER, photo=photo, operation=get_operation(operation), params=params)
+    job = job_create(owner=OWNER, photo=photo, operation=get_operation(operation), params=params)
     job.refresh_from_db()  # ran inline on commit (sync mode)
 
     assert job.status == Job.Status.SUCCEEDED, job.error_message
@@ -70,13 +76,13 @@ def test_each_local_operation_runs_to_a_stored_result(photo, operation, params):
 
 def test_job_records_running_stages(photo, monkeypatch):
     seen = []
-    real_report = services.job_report
+    real_report = job_report
 
     def spy(job_id, stage, fraction=None):
         real_report(job_id, stage, fraction)
         seen.append((Job.objects.get(pk=job_id).status, Job.objects.get(pk=job_id).stage))
 
-    monkeypatch.setattr(services, "job_report", spy)
+    monkeypatch.setattr("studio.jobs.run.job_report", spy)
     retouch(photo)
     assert seen, "the runner must report stages"
     assert all(status == Job.Status.RUNNING for status, _ in seen)
@@ -84,10 +90,10 @@ def test_job_records_running_stages(photo, monkeypatch):
 
 
 def test_refused_before_any_work_when_limits_fail(two_faces_jpeg):
-    photo = services.photo_create(owner=OWNER, data=two_faces_jpeg)
+    photo = photo_create(owner=OWNER, data=two_faces_jpeg)
     crop = get_operation("headshot_crop")
-    with pytest.raises(services.ServiceError, match="2 faces"):
-        services.job_create(owner=OWNER, photo=photo, operation=crop, params={"preset": "1:1"})
+    with pytest.raises(ServiceError, match="2 faces"):
+        job_create(owner=OWNER, photo=photo, operation=crop, params={"preset": "1:1"})
     assert not Job.objects.exists()
 
 
@@ -112,7 +118,7 @@ def test_unexpected_crash_ends_failed_with_a_safe_message(photo, monkeypatch):
     job = retouch(photo)
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
-    assert job.error_message == services.GENERIC_FAILURE
+    assert job.error_message == GENERIC_FAILURE
     assert "internal detail" not in job.error_message
 
 
@@ -184,7 +190,7 @@ def test_job_past_its_deadline_stops_polling(photo, polling_provider, settings):
     job = retouch(photo)
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
-    assert job.error_message == services.TIMED_OUT
+    assert job.error_message == TIMED_OUT
     assert provider.polls <= 1
 
 
@@ -196,17 +202,17 @@ def _queued_job(photo) -> Job:
 
 def test_a_job_is_claimed_exactly_once(photo):
     job = _queued_job(photo)
-    assert services.job_claim(job.pk) is True
-    assert services.job_claim(job.pk) is False
+    assert job_claim(job.pk) is True
+    assert job_claim(job.pk) is False
     job.refresh_from_db()
     assert job.status == Job.Status.RUNNING and job.attempts == 1
 
 
 def test_a_job_abandoned_by_a_dead_worker_can_be_claimed_again(photo, settings):
     job = _queued_job(photo)
-    assert services.job_claim(job.pk)
+    assert job_claim(job.pk)
     Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
-    assert services.job_claim(job.pk) is True
+    assert job_claim(job.pk) is True
     job.refresh_from_db()
     assert job.attempts == 2
 
@@ -215,7 +221,7 @@ def test_running_a_finished_job_again_changes_nothing(photo):
     job = retouch(photo)
     job.refresh_from_db()
     finished_at = job.finished_at
-    services.job_run(job.pk)
+    job_run(job.pk)
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED and job.finished_at == finished_at
     assert job.results.count() == 1
@@ -225,17 +231,17 @@ def test_sweeper_fails_jobs_past_their_deadline_only(photo, settings):
     old = _queued_job(photo)
     Job.objects.filter(pk=old.pk).update(created_at=timezone.now() - timezone.timedelta(hours=2))
     fresh = _queued_job(photo)
-    assert services.jobs_sweep_stale() == 1
+    assert jobs_sweep_stale() == 1
     old.refresh_from_db()
     fresh.refresh_from_db()
-    assert old.status == Job.Status.FAILED and old.error_message == services.TIMED_OUT
+    assert old.status == Job.Status.FAILED and old.error_message == TIMED_OUT
     assert fresh.status == Job.Status.QUEUED
-    assert services.jobs_sweep_stale() == 0  # idempotent
+    assert jobs_sweep_stale() == 0  # idempotent
 
 
 def test_task_hook_fails_a_job_killed_by_the_worker_timeout(photo):
     job = _queued_job(photo)
-    services.job_claim(job.pk)
+    job_claim(job.pk)
 
     class FakeTask:
         success = False
@@ -244,19 +250,19 @@ def test_task_hook_fails_a_job_killed_by_the_worker_timeout(photo):
 
     run_job_finished(FakeTask())
     job.refresh_from_db()
-    assert job.status == Job.Status.FAILED and job.error_message == services.TIMED_OUT
+    assert job.status == Job.Status.FAILED and job.error_message == TIMED_OUT
 
 
 def test_chaining_uses_a_result_as_a_new_photo(photo):
     crop = get_operation("headshot_crop")
-    first = services.job_create(owner=OWNER, photo=photo, operation=crop, params={"preset": "1:1"})
+    first = job_create(owner=OWNER, photo=photo, operation=crop, params={"preset": "1:1"})
     result = first.results.get()
-    chained = services.photo_from_result(owner=OWNER, result=result)
+    chained = photo_from_result(owner=OWNER, result=result)
     assert chained.source_result == result
     assert (chained.width, chained.height) == (result.width, result.height)
     assert len(chained.faces) == 1  # the face is found again on the cropped result
     blur = get_operation("background_blur")
-    second = services.job_create(owner=OWNER, photo=chained, operation=blur, params={"strength": 0.5})
+    second = job_create(owner=OWNER, photo=chained, operation=blur, params={"strength": 0.5})
     second.refresh_from_db()
     assert second.status == Job.Status.SUCCEEDED
 
@@ -275,7 +281,7 @@ def test_deleting_a_result_removes_its_files(photo):
     result = job.results.get()
     names = [result.image.name, result.thumbnail.name]
     assert all(default_storage.exists(name) for name in names)
-    services.result_delete(result=result)
+    result_delete(result=result)
     assert not Job.objects.filter(pk=job.pk).exists()  # its only result: the job goes too
     assert not any(default_storage.exists(name) for name in names)
 
@@ -304,13 +310,13 @@ def test_results_of_a_job_the_sweeper_failed_meanwhile_are_dropped(photo, pollin
 
     def poll_then_get_swept(job_input, task_id):
         progress = real_poll(job_input, task_id)
-        services.job_mark_failed(job_input.job_id, services.TIMED_OUT)
+        job_mark_failed(job_input.job_id, TIMED_OUT)
         return progress
 
     provider.poll = poll_then_get_swept
     job = retouch(photo)
     job.refresh_from_db()
-    assert job.status == Job.Status.FAILED and job.error_message == services.TIMED_OUT
+    assert job.status == Job.Status.FAILED and job.error_message == TIMED_OUT
     assert not Result.objects.exists()
     assert _files_under(f"results/{job.pk}") == []
 
@@ -318,7 +324,7 @@ def test_results_of_a_job_the_sweeper_failed_meanwhile_are_dropped(photo, pollin
 def test_a_run_given_up_for_dead_stores_nothing_beside_the_run_that_took_over(photo):
     """A worker that was only slow (its job was claimed again under a new
     attempt) must not store results or finish the job it no longer holds."""
-    job = services.job_create(
+    job = job_create(
         owner=OWNER, photo=photo, operation=get_operation("studio_retouch"), params={"strength": 0.5}
     )
     job.refresh_from_db()
@@ -330,7 +336,7 @@ def test_a_run_given_up_for_dead_stores_nothing_beside_the_run_that_took_over(ph
     Job.objects.filter(pk=job.pk).update(attempts=stale_run.attempts + 1)
     files_before = _result_files(job)
 
-    services._store_outputs(stale_run, [Output(data=photo.image.open("rb").read())])
+    _store_outputs(stale_run, [Output(data=photo.image.open("rb").read())])
 
     job.refresh_from_db()
     assert job.status == Job.Status.RUNNING  # still the new run's to finish

@@ -87,7 +87,7 @@ def test_jobs_per_hour(settings, portrait_jpeg):
 
 def test_concurrent_jobs_per_owner(settings, portrait_jpeg, monkeypatch):
     settings.STUDIO_MAX_CONCURRENT_JOBS = 2
-    monkeypatch.setattr("studio.services.enqueue_job", lambda job_id: None)  # jobs stay queued
+    monkeypatch.setattr("studio.jobs.create.enqueue_job", lambda job_id: None)  # jobs stay queued
     client = Client()
     upload(client, portrait_jpeg)
     photo = Photo.objects.get()

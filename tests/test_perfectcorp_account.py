@@ -24,10 +24,13 @@ from django.template.loader import render_to_string
 from django.test import Client
 from django.utils import timezone
 
-from studio import costs, services, vendor_deletion
+from studio import costs, vendor_deletion
+from studio.deletion import owner_delete_everything, photos_purge_expired, result_delete
+from studio.jobs.create import job_create, job_create_batch
 from studio.models import Job, VendorDeletion
 from studio.operations import get_operation
 from studio.ownership import Owner
+from studio.photos import photo_create
 from studio.vendors import base as vendor_base
 from studio.vendors import perfectcorp_account as account
 from studio.vendors.base import VendorError, get_provider
@@ -62,7 +65,7 @@ def pc(emulator):
 
 @pytest.fixture
 def photo(portrait_jpeg):
-    return services.photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
+    return photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
 
 
 def _finished_task(pc, emulator, portrait_jpeg) -> str:
@@ -212,8 +215,8 @@ def test_a_deletion_waits_behind_jobs_for_the_request_budget_and_is_tried_later(
 def test_delete_everything_deletes_the_jobs_v2_tasks_in_the_emulator(emulator, photo):
     # Operations without parameters, so the test reads the same whichever adapter runs v2 jobs.
     runs = [(get_operation("pc_colorize"), {}), (get_operation("pc_background_removal"), {})]
-    jobs = services.job_create_batch(owner=OWNER, photo=photo, runs=runs)
-    jobs.append(services.job_create(owner=OWNER, photo=photo, operation=get_operation("pc_colorize"), params={}))
+    jobs = job_create_batch(owner=OWNER, photo=photo, runs=runs)
+    jobs.append(job_create(owner=OWNER, photo=photo, operation=get_operation("pc_colorize"), params={}))
     task_ids = []
     for job in jobs:
         job.refresh_from_db()
@@ -222,7 +225,7 @@ def test_delete_everything_deletes_the_jobs_v2_tasks_in_the_emulator(emulator, p
         task_ids.append(job.vendor_task_id)
     assert all(t in emulator.tasks for t in task_ids)
 
-    services.owner_delete_everything(owner=OWNER)  # the deletion task runs inline after the commit
+    owner_delete_everything(owner=OWNER)  # the deletion task runs inline after the commit
 
     assert emulator.counters["tasks_deleted"] == 3 and sorted(emulator.deleted_tasks) == sorted(task_ids)
     assert not any(t in emulator.tasks for t in task_ids)
@@ -231,15 +234,15 @@ def test_delete_everything_deletes_the_jobs_v2_tasks_in_the_emulator(emulator, p
 
 
 def test_deleting_a_result_and_the_retention_purge_delete_their_tasks(emulator, photo, portrait_jpeg):
-    job = services.job_create(owner=OWNER, photo=photo, operation=get_operation("pc_background_removal"), params={})
+    job = job_create(owner=OWNER, photo=photo, operation=get_operation("pc_background_removal"), params={})
     job.refresh_from_db()
-    services.result_delete(result=job.results.get())
+    result_delete(result=job.results.get())
     assert emulator.deleted_tasks == [job.vendor_task_id]
 
-    other = services.photo_create(owner=OWNER, data=portrait_jpeg, filename="again.jpg")
-    purged = services.job_create(owner=OWNER, photo=other, operation=get_operation("pc_colorize"), params={})
+    other = photo_create(owner=OWNER, data=portrait_jpeg, filename="again.jpg")
+    purged = job_create(owner=OWNER, photo=other, operation=get_operation("pc_colorize"), params={})
     purged.refresh_from_db()
-    assert services.photos_purge_expired(now=timezone.now() + timedelta(days=30)) >= 1
+    assert photos_purge_expired(now=timezone.now() + timedelta(days=30)) >= 1
     assert emulator.deleted_tasks == [job.vendor_task_id, purged.vendor_task_id]
 
 
@@ -322,10 +325,10 @@ def test_the_vendor_panel_says_when_the_prices_were_read(pc, emulator):
 
 def test_a_job_records_the_units_it_was_quoted(emulator, photo):
     costs.unit_costs_refresh()
-    job = services.job_create(owner=OWNER, photo=photo, operation=get_operation("pc_colorize"), params={})
+    job = job_create(owner=OWNER, photo=photo, operation=get_operation("pc_colorize"), params={})
     job.refresh_from_db()
     assert job.units == Decimal("2") and job.status == Job.Status.SUCCEEDED
-    local = services.job_create(
+    local = job_create(
         owner=OWNER, photo=photo, operation=get_operation("studio_retouch"), params={"strength": 0.3}
     )
     assert local.units is None

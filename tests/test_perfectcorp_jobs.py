@@ -1,4 +1,4 @@
-"""Perfect Corp jobs end to end through the job runner (services.job_create → job_run → Results).
+"""Perfect Corp jobs end to end through the job runner (studio.jobs: job_create → job_run → Results).
 
 The emulator is served over real HTTP on 127.0.0.1; the job runs inline on
 commit (django-q2 sync mode) with the real poll loop, storage and Results.
@@ -13,10 +13,11 @@ import pytest
 from django.core.cache import cache
 from PIL import Image
 
-from studio import services
+from studio.jobs.create import job_create, job_create_batch
 from studio.models import Job
 from studio.operations import get_operation
 from studio.ownership import Owner
+from studio.photos import photo_create, photo_from_result
 from studio.vendors import base as vendor_base
 from tests.pc_support import hair_params, new_emulator, operation, routed
 
@@ -38,7 +39,7 @@ def emulator(settings):
 
 @pytest.fixture
 def photo(portrait_jpeg):
-    return services.photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
+    return photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
 
 
 def _op(key):
@@ -57,7 +58,7 @@ def _image(field) -> Image.Image:
 
 def test_hairstyle_job_stores_the_restyled_photo(emulator, photo):
     params = hair_params(emulator)
-    job = services.job_create(owner=OWNER, photo=photo, operation=_op("pc_hairstyle"), params=params)
+    job = job_create(owner=OWNER, photo=photo, operation=_op("pc_hairstyle"), params=params)
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error_message
     result = job.results.get()
@@ -69,7 +70,7 @@ def test_hairstyle_job_stores_the_restyled_photo(emulator, photo):
 
 def test_several_styles_run_as_one_batch(emulator, photo):
     runs = [(_op("pc_hairstyle"), hair_params(emulator, index=i)) for i in range(3)]
-    jobs = services.job_create_batch(owner=OWNER, photo=photo, runs=runs)
+    jobs = job_create_batch(owner=OWNER, photo=photo, runs=runs)
     for job in jobs:
         job.refresh_from_db()
         assert job.status == Job.Status.SUCCEEDED, job.error_message
@@ -78,7 +79,7 @@ def test_several_styles_run_as_one_batch(emulator, photo):
 
 
 def test_aging_job_stores_an_ordered_labelled_series(emulator, photo):
-    job = services.job_create(owner=OWNER, photo=photo, operation=_op("pc_aging"), params={})
+    job = job_create(owner=OWNER, photo=photo, operation=_op("pc_aging"), params={})
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error_message
     results = list(job.results.order_by("index"))
@@ -88,7 +89,7 @@ def test_aging_job_stores_an_ordered_labelled_series(emulator, photo):
 
 
 def test_background_removal_job_stores_a_png_with_alpha(emulator, photo):
-    job = services.job_create(owner=OWNER, photo=photo, operation=_op("pc_background_removal"), params={})
+    job = job_create(owner=OWNER, photo=photo, operation=_op("pc_background_removal"), params={})
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error_message
     result = job.results.get()
@@ -99,7 +100,7 @@ def test_background_removal_job_stores_a_png_with_alpha(emulator, photo):
 
 def test_a_vendor_engine_error_ends_the_job_with_its_advice(emulator, photo):
     emulator.faults["engine_error"] = "error_large_face_angle"
-    job = services.job_create(owner=OWNER, photo=photo, operation=_op("pc_hairstyle"), params=hair_params(emulator))
+    job = job_create(owner=OWNER, photo=photo, operation=_op("pc_hairstyle"), params=hair_params(emulator))
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert "face the camera" in job.error_message
@@ -107,11 +108,11 @@ def test_a_vendor_engine_error_ends_the_job_with_its_advice(emulator, photo):
 
 
 def test_a_chained_result_is_sent_by_dst_id(emulator, photo):
-    first = services.job_create(owner=OWNER, photo=photo, operation=_op("pc_hairstyle"), params=hair_params(emulator))
+    first = job_create(owner=OWNER, photo=photo, operation=_op("pc_hairstyle"), params=hair_params(emulator))
     first.refresh_from_db()
-    chained_photo = services.photo_from_result(owner=OWNER, result=first.results.get())
+    chained_photo = photo_from_result(owner=OWNER, result=first.results.get())
     uploads = emulator.counters["uploads"]
-    second = services.job_create(
+    second = job_create(
         owner=OWNER, photo=chained_photo, operation=_op("pc_bangs"), params=hair_params(emulator, "hair-bang")
     )
     second.refresh_from_db()
@@ -129,7 +130,7 @@ def test_a_job_waiting_for_capacity_longer_than_a_worker_may_run_goes_back_to_th
     budget = get_provider("perfectcorp").budget()
     for _ in range(8):
         budget.take(urgent=True)  # other processes used the whole window
-    job = services.job_create(owner=OWNER, photo=photo, operation=_op("pc_colorize"), params={})
+    job = job_create(owner=OWNER, photo=photo, operation=_op("pc_colorize"), params={})
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error_message
     assert job.attempts >= 3  # claimed again after each hand-back

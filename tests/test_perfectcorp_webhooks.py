@@ -12,10 +12,11 @@ import time
 
 import pytest
 
-from studio import services
+from studio.jobs.create import job_create
 from studio.models import Job
 from studio.operations import get_operation
 from studio.ownership import Owner
+from studio.photos import photo_create
 from studio.vendors import sandbox
 from studio.vendors.emulators.fetch import django_client_deliver
 from studio.vendors.emulators.perfectcorp import SANDBOX_WEBHOOK_SECRET, PerfectCorpEmulator
@@ -48,7 +49,7 @@ def emulator(engine_seconds: float, **faults) -> PerfectCorpEmulator:
 
 @pytest.fixture
 def photo(portrait_jpeg):
-    return services.photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
+    return photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
 
 
 def _eventually(check, seconds: float = 5.0) -> bool:
@@ -64,7 +65,7 @@ def _eventually(check, seconds: float = 5.0) -> bool:
 def _run(photo, emu) -> tuple[Job, int]:
     op = get_operation("pc_colorize")
     with sandbox.use("perfectcorp", emu):
-        job = services.job_create(owner=OWNER, photo=photo, operation=op, params={})
+        job = job_create(owner=OWNER, photo=photo, operation=op, params={})
     job.refresh_from_db()
     polls = sum(1 for method, path in emu.log if method == "GET" and "/task/colorize/" in path)
     return job, polls

@@ -10,10 +10,13 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from studio import selectors, services
+from studio import selectors
+from studio.jobs.create import job_create
+from studio.jobs.run import job_run
 from studio.models import Job, Photo
 from studio.operations import LOCAL_OPERATIONS, get_operation
 from studio.ownership import VISITOR_SESSION_KEY, Owner
+from studio.photos import photo_create
 from studio.templatetags import ui_tags
 from tests.conftest import upload
 
@@ -69,10 +72,10 @@ def test_typical_seconds_needs_history_and_averages_successes(django_assert_num_
 
 def test_running_job_card_shows_the_estimate(portrait_jpeg, monkeypatch):
     owner = Owner(visitor_id="v-card")
-    photo = services.photo_create(owner=owner, data=portrait_jpeg)
+    photo = photo_create(owner=owner, data=portrait_jpeg)
     with monkeypatch.context() as patch:
-        patch.setattr(services, "enqueue_job", lambda job_id: None)
-        job = services.job_create(owner=owner, photo=photo, operation=get_operation("studio_retouch"), params={})
+        patch.setattr("studio.jobs.create.enqueue_job", lambda job_id: None)
+        job = job_create(owner=owner, photo=photo, operation=get_operation("studio_retouch"), params={})
     client = _visitor_client(owner.visitor_id)
     card = client.get(f"/jobs/{job.pk}/status").content.decode()
     assert "Usually takes" not in card  # no history yet: no made-up figure
@@ -92,10 +95,10 @@ def test_running_job_card_shows_the_estimate(portrait_jpeg, monkeypatch):
 def test_toast_feed_lists_jobs_finished_since_and_stops_polling(portrait_jpeg, monkeypatch):
     owner = Owner(visitor_id="v-toast")
     client = _visitor_client(owner.visitor_id)
-    photo = services.photo_create(owner=owner, data=portrait_jpeg)
+    photo = photo_create(owner=owner, data=portrait_jpeg)
     with monkeypatch.context() as patch:
-        patch.setattr(services, "enqueue_job", lambda job_id: None)
-        job = services.job_create(owner=owner, photo=photo, operation=get_operation("studio_retouch"), params={})
+        patch.setattr("studio.jobs.create.enqueue_job", lambda job_id: None)
+        job = job_create(owner=owner, photo=photo, operation=get_operation("studio_retouch"), params={})
     stranger_job = _finished(Owner(visitor_id="other"), "studio_retouch", 1)
 
     gallery = client.get("/gallery/").content.decode()
@@ -105,7 +108,7 @@ def test_toast_feed_lists_jobs_finished_since_and_stops_polling(portrait_jpeg, m
     waiting = client.get(f"/jobs/finished?since={since}")
     assert waiting.status_code == 200 and 'data-testid="toast"' not in waiting.content.decode()
 
-    services.job_run(job.pk)  # the worker finishes it for real
+    job_run(job.pk)  # the worker finishes it for real
     done = client.get(f"/jobs/finished?since={since}")
     body = done.content.decode()
     assert done.status_code == 286  # nothing left unfinished: htmx stops polling

@@ -20,7 +20,8 @@ from django.test import Client
 from django.utils import timezone
 from PIL import Image, PngImagePlugin
 
-from studio import services
+from studio.deletion import photos_purge_expired
+from studio.jobs.run import job_run
 from studio.models import Job, Photo, Result, ShareLink
 from studio.ownership import Owner
 from studio.vendors import base as vendors_base
@@ -177,7 +178,7 @@ def test_vendor_output_with_metadata_is_stored_clean_and_upright(owner_client, p
     job = Job.objects.create(
         **Owner(visitor_id="x").fields(), photo=photo, operation="studio_retouch", provider="fakevendor"
     )
-    services.job_run(job.pk)
+    job_run(job.pk)
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error_message
     result = job.results.get()
@@ -258,14 +259,14 @@ def test_photos_are_purged_after_retention_results_stay(owner_client, portrait_j
     )
     age(fresh, 23)
 
-    assert services.photos_purge_expired() == 1
+    assert photos_purge_expired() == 1
 
     assert list(Photo.objects.all()) == [fresh]
     assert not old_files & media_files()  # the files are gone, not just the rows
     assert {result.image.name, result.thumbnail.name} <= media_files()
     assert fetch(owner_client.get(f"/results/{result.pk}/image")).status == 200
     assert owner_client.get(f"/photos/{old.pk}/image").status_code == 404
-    assert services.photos_purge_expired() == 0  # idempotent
+    assert photos_purge_expired() == 0  # idempotent
 
 
 def test_last_use_counts_not_the_upload_time(owner_client, portrait_jpeg, settings):
@@ -298,10 +299,10 @@ def test_last_use_counts_not_the_upload_time(owner_client, portrait_jpeg, settin
         created_at=now - timedelta(hours=99),
     )
 
-    assert services.photos_purge_expired() == 0
+    assert photos_purge_expired() == 0
     assert Photo.objects.count() == 3
     # 23 hours later the first two are due; the busy one is still protected.
-    assert services.photos_purge_expired(now=now + timedelta(hours=23)) == 2
+    assert photos_purge_expired(now=now + timedelta(hours=23)) == 2
     assert list(Photo.objects.all()) == [busy]
 
 
@@ -323,7 +324,7 @@ def test_purge_removes_vendor_bound_copies_and_asks_the_vendor(owner_client, por
     assert mask_name in media_files()
     age(photo, 3)
 
-    assert services.photos_purge_expired() == 1
+    assert photos_purge_expired() == 1
 
     job.refresh_from_db()
     assert job.photo is None and not job.mask and mask_name not in media_files()
@@ -341,7 +342,7 @@ def test_concurrent_purges_delete_each_photo_once(owner_client, portrait_jpeg, s
         from django.db import connection
 
         try:
-            counts.append(services.photos_purge_expired())
+            counts.append(photos_purge_expired())
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
         finally:

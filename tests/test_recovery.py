@@ -29,7 +29,10 @@ from PIL import Image
 
 from django.db import connection
 
-from studio import recovery, services
+from studio.jobs import recovery
+from studio.jobs.create import job_create
+from studio.jobs.run import job_run
+from studio.photos import photo_create
 from studio.models import Job
 from studio.operations import get_operation
 from studio.ownership import Owner
@@ -73,9 +76,9 @@ def host(settings):
 
 
 def _colorize_jobs(count: int) -> list[Job]:
-    photo = services.photo_create(owner=OWNER, data=images.to_bytes(images.astronaut(), "JPEG", quality=90))
+    photo = photo_create(owner=OWNER, data=images.to_bytes(images.astronaut(), "JPEG", quality=90))
     operation = get_operation("pc_colorize")
-    return [services.job_create(owner=OWNER, photo=photo, operation=operation, params={}) for _ in range(count)]
+    return [job_create(owner=OWNER, photo=photo, operation=operation, params={}) for _ in range(count)]
 
 
 def _request_base(job: Job) -> int:
@@ -138,20 +141,20 @@ def test_a_long_synchronous_vendor_call_keeps_its_job_alive(settings, monkeypatc
     settings.STUDIO_JOB_ORPHAN_SECONDS = 2  # a heartbeat every 0.67 s
     emulator = HeadshotEmulator()
     emulator.faults["latency_per_image"] = 6.0  # one call three times as long as the orphan threshold
-    photo = services.photo_create(owner=OWNER, data=portrait_jpeg)
+    photo = photo_create(owner=OWNER, data=portrait_jpeg)
     operation = get_operation("ai_headshot")
     params, errors = operation.clean_params({"prompt": "A studio portrait, soft light", "num_images": "1"})
     assert not errors, errors
 
     def work(job_id):
         try:
-            services.job_run(job_id)
+            job_run(job_id)
         finally:
             connection.close()
 
     beats = set()
     with emulator.serve(), sandbox.use("headshot", emulator, over_http=True):
-        job = services.job_create(owner=OWNER, photo=photo, operation=operation, params=params)
+        job = job_create(owner=OWNER, photo=photo, operation=operation, params=params)
         worker = threading.Thread(target=work, args=(job.pk,))
         worker.start()
         while worker.is_alive():
@@ -335,7 +338,7 @@ def test_sync_mode_starts_no_recovery_thread_in_the_calling_process(monkeypatch)
     from django_q.conf import Conf
     from django_q.signals import post_spawn
 
-    from studio import recovery
+    from studio.jobs import recovery
 
     monkeypatch.setattr(Conf, "SYNC", True)
     monkeypatch.setattr(recovery, "_ticker", None)

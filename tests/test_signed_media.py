@@ -8,8 +8,9 @@ import pytest
 from django.core import signing
 from django.test import Client
 
-from studio import services, signed_media
+from studio import signed_media
 from studio.ownership import Owner
+from studio.photos import photo_create, photo_delete
 
 pytestmark = pytest.mark.django_db
 
@@ -18,7 +19,7 @@ OWNER = Owner(visitor_id="visitor-signed")
 
 @pytest.fixture
 def photo(portrait_jpeg):
-    return services.photo_create(owner=OWNER, data=portrait_jpeg, filename="secret-name.jpg")
+    return photo_create(owner=OWNER, data=portrait_jpeg, filename="secret-name.jpg")
 
 
 def path_of(url: str) -> str:
@@ -55,7 +56,7 @@ def test_the_link_expires(settings, monkeypatch, photo):
 
 
 def test_tampered_and_foreign_tokens_are_refused(photo, two_faces_jpeg):
-    other = services.photo_create(owner=OWNER, data=two_faces_jpeg, filename="other.jpg")
+    other = photo_create(owner=OWNER, data=two_faces_jpeg, filename="other.jpg")
     token = signed_media.photo_token(photo.pk)
     value, timestamp, signature = token.rsplit(":", 2)
     forged = [
@@ -85,5 +86,5 @@ def test_it_reveals_nothing_else(photo):
 
 def test_a_deleted_photo_is_gone_from_its_link(photo):
     path = path_of(signed_media.photo_url(photo.pk))
-    services.photo_delete(photo=photo)
+    photo_delete(photo=photo)
     assert Client().get(path).status_code == 404

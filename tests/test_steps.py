@@ -14,9 +14,13 @@ import time
 import pytest
 from django.utils import timezone
 
-from studio import services, steps, webhooks
+from studio import webhooks
+from studio.jobs import steps
+from studio.jobs.create import job_create
+from studio.jobs.run import job_claim, job_claim_step
 from studio.models import Job
 from studio.operations import get_operation
+from studio.photos import photo_create
 from studio.vendors import sandbox
 from studio.vendors.emulators.host import EmulatorHost
 from studio.vendors.emulators.perfectcorp import PerfectCorpEmulator
@@ -58,7 +62,7 @@ def test_with_one_worker_vendor_jobs_wait_together_and_a_local_job_runs_meanwhil
     vendor_jobs = _colorize_jobs(6)
     started = time.monotonic()
     photo = vendor_jobs[0].photo
-    retouch = services.job_create(
+    retouch = job_create(
         owner=OWNER, photo=photo, operation=get_operation("studio_retouch"), params={"strength": 0.8}
     )
 
@@ -95,7 +99,7 @@ def test_with_one_worker_vendor_jobs_wait_together_and_a_local_job_runs_meanwhil
 
 
 def _parked_wavespeed_job(seconds: float) -> Job:
-    photo = services.photo_create(owner=OWNER, data=images.to_bytes(images.astronaut(), "JPEG", quality=90))
+    photo = photo_create(owner=OWNER, data=images.to_bytes(images.astronaut(), "JPEG", quality=90))
     now = timezone.now()
     return Job.objects.create(
         **OWNER.fields(),
@@ -128,7 +132,7 @@ def _wait_idle(*steppers) -> None:
 
 
 def test_a_webhook_makes_the_next_step_due_at_once_and_one_runner_runs_it(monkeypatch):
-    monkeypatch.setattr(services, "job_step", _mark_ran)
+    monkeypatch.setattr("studio.jobs.run.job_step", _mark_ran)
     job = _parked_wavespeed_job(300)  # the backstop poll is five minutes away
     first, second = steps.Stepper(at_once=2), steps.Stepper(at_once=2)
     assert first.tick() == 0
@@ -149,13 +153,13 @@ def test_a_webhook_makes_the_next_step_due_at_once_and_one_runner_runs_it(monkey
 
 
 def test_a_parked_job_is_no_orphan_and_a_runner_takes_no_more_than_it_has_room_for(monkeypatch):
-    from studio import recovery
+    from studio.jobs import recovery
 
-    monkeypatch.setattr(services, "job_step", _mark_ran)
+    monkeypatch.setattr("studio.jobs.run.job_step", _mark_ran)
     jobs = [_parked_wavespeed_job(-1) for _ in range(3)]  # due a second ago
     Job.objects.filter(pk__in=[j.pk for j in jobs]).update(heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
     assert recovery._requeue_orphans(timezone.now()) == 0  # no worker, no heartbeat: not an orphan
-    assert services.job_claim(jobs[0].pk) is False  # nor claimable as one
+    assert job_claim(jobs[0].pk) is False  # nor claimable as one
 
     stepper = steps.Stepper(at_once=2)
     assert stepper.tick() == 2  # two steps running: the third job stays parked and due
@@ -173,7 +177,7 @@ def _slow_step(pk, *, first):
 
 def test_slow_synchronous_calls_have_threads_of_their_own(monkeypatch):
     """Headshot jobs (one call of up to 3 minutes) never take the threads that polls need."""
-    monkeypatch.setattr(services, "job_step", lambda pk, *, first: (_slow_step if Job.objects.get(pk=pk).provider == "headshot" else _mark_ran)(pk, first=first))
+    monkeypatch.setattr("studio.jobs.run.job_step", lambda pk, *, first: (_slow_step if Job.objects.get(pk=pk).provider == "headshot" else _mark_ran)(pk, first=first))
     headshots = []
     for _ in range(3):
         job = _parked_wavespeed_job(-1)
@@ -193,14 +197,14 @@ def test_slow_synchronous_calls_have_threads_of_their_own(monkeypatch):
 
 def test_the_steps_of_a_runner_that_died_come_back_at_once_as_new_runs():
     job = _parked_wavespeed_job(-1)
-    assert services.job_claim_step(job.pk, owner="dead-runner") is False  # its poll was in flight
+    assert job_claim_step(job.pk, owner="dead-runner") is False  # its poll was in flight
     other = _parked_wavespeed_job(-1)
-    assert services.job_claim_step(other.pk, owner="live-runner") is False
+    assert job_claim_step(other.pk, owner="live-runner") is False
     assert steps.release_steps_of("dead-runner") == 1
     job.refresh_from_db()
     assert job.status == "queued" and job.step_due_at <= timezone.now() and job.stage.startswith("Resuming")
     # The next claim starts a new run, which resumes the persisted vendor task.
-    assert services.job_claim_step(job.pk, owner="new-runner") is True
+    assert job_claim_step(job.pk, owner="new-runner") is True
     job.refresh_from_db()
     assert job.status == "running" and job.attempts == 2 and job.vendor_task_id == "pred-1"
     other.refresh_from_db()
@@ -210,13 +214,13 @@ def test_the_steps_of_a_runner_that_died_come_back_at_once_as_new_runs():
 def test_a_vendor_job_goes_to_the_step_runner_not_the_broker(settings, monkeypatch):
     from django_q.conf import Conf
 
-    from studio import recovery
+    from studio.jobs import recovery
 
     monkeypatch.setattr(Conf, "SYNC", False)
     settings.STUDIO_SANDBOX = True
     sandbox.reset()
-    photo = services.photo_create(owner=OWNER, data=images.to_bytes(images.astronaut(), "JPEG", quality=90))
-    job = services.job_create(owner=OWNER, photo=photo, operation=get_operation("pc_colorize"), params={})
+    photo = photo_create(owner=OWNER, data=images.to_bytes(images.astronaut(), "JPEG", quality=90))
+    job = job_create(owner=OWNER, photo=photo, operation=get_operation("pc_colorize"), params={})
     job.refresh_from_db()
     assert job.status == "queued" and job.step_due_at is not None
     assert str(job.pk) not in (recovery.waiting_job_ids() or set())
@@ -224,7 +228,7 @@ def test_a_vendor_job_goes_to_the_step_runner_not_the_broker(settings, monkeypat
     # Long queued, it is still not "lost": the step runner has it, not the broker.
     Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
     assert recovery._resend_lost_messages(timezone.now()) == 0
-    local = services.job_create(owner=OWNER, photo=photo, operation=get_operation("studio_retouch"), params={})
+    local = job_create(owner=OWNER, photo=photo, operation=get_operation("studio_retouch"), params={})
     local.refresh_from_db()
     assert local.step_due_at is None and str(local.pk) in recovery.waiting_job_ids()
     sandbox.reset()

@@ -12,10 +12,11 @@ from django.core.exceptions import ValidationError
 from django.test import Client
 from PIL import Image
 
-from studio import services
+from studio.jobs.create import job_create
 from studio.models import Job, Photo, Result, StyleTemplate
 from studio.operations import get_operation
 from studio.ownership import Owner
+from studio.photos import photo_create
 from studio.vendors import sandbox
 from tests.conftest import upload
 from tests.media import fetch
@@ -45,7 +46,7 @@ def staff_client(staff_user):
 
 
 def headshot_result(owner: Owner, portrait_jpeg, **params) -> Result:
-    photo = services.photo_create(owner=owner, data=portrait_jpeg, filename="me.jpg")
+    photo = photo_create(owner=owner, data=portrait_jpeg, filename="me.jpg")
     op = get_operation("ai_headshot")
     cleaned, errors = op.clean_params(
         {
@@ -59,7 +60,7 @@ def headshot_result(owner: Owner, portrait_jpeg, **params) -> Result:
         }
     )
     assert not errors
-    job = services.job_create(owner=owner, photo=photo, operation=op, params=cleaned)
+    job = job_create(owner=owner, photo=photo, operation=op, params=cleaned)
     job.refresh_from_db()
     assert job.status == "succeeded", job.error_message
     return job.results.first()
@@ -203,7 +204,7 @@ def test_staff_saves_a_result_as_a_template(staff_user, staff_client, portrait_j
 
     # A result of an operation without prompt or seed has no look to save.
     photo = result.job.photo
-    retouch = services.job_create(
+    retouch = job_create(
         owner=Owner(user_id=staff_user.pk),
         photo=photo,
         operation=get_operation("studio_retouch"),

@@ -385,7 +385,7 @@ def test_real_slow_server_is_cut_off(local_server):
 def test_a_vendor_file_that_is_not_an_image_is_never_stored(owner_client, portrait_jpeg, monkeypatch, payload):
     from django.core.files.storage import default_storage
 
-    from studio import services
+    from studio.jobs.run import job_run
     from studio.models import Job, Photo, Result
     from studio.vendors.base import Output, Progress, Submission
     from studio.vendors.local import LocalProvider
@@ -403,7 +403,7 @@ def test_a_vendor_file_that_is_not_an_image_is_never_stored(owner_client, portra
     owner_client.post("/jobs/", {"photo": str(photo.pk), "operation": "studio_retouch"}, headers={"HX-Request": "true"})
     job = Job.objects.get()
     if job.status != Job.Status.FAILED:  # a transient error may be retried once by django-q
-        services.job_run(job.pk)
+        job_run(job.pk)
         job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert "damaged image" in job.error_message or "no image" in job.error_message

@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from studio import services, vendor_deletion
+from studio import vendor_deletion
+from studio.deletion import owner_delete_everything, result_delete
 from studio.models import Job, Result, VendorDeletion
 from studio.ownership import Owner
 from studio.vendors import base as vendors_base
@@ -130,10 +131,10 @@ def test_deleting_results_asks_the_vendor_once_per_job(flaky, django_capture_on_
     second = Result.objects.create(job=job, index=1, width=8, height=8)
 
     with django_capture_on_commit_callbacks(execute=True):
-        services.result_delete(result=first)
+        result_delete(result=first)
     assert flaky.deleted == ["task-5"]  # the first attempt runs right after the commit
     with django_capture_on_commit_callbacks(execute=True):
-        services.result_delete(result=second)
+        result_delete(result=second)
     assert not Job.objects.filter(pk=job.pk).exists()
     assert VendorDeletion.objects.count() == 1 and flaky.calls == 1
 
@@ -144,7 +145,7 @@ def test_delete_everything_records_deletions_that_survive_a_vendor_outage(flaky,
     owner = Owner(visitor_id="v" * 32)
     _job("task-6"), _job("task-7")
     with django_capture_on_commit_callbacks(execute=True):
-        services.owner_delete_everything(owner=owner)
+        owner_delete_everything(owner=owner)
     assert not Job.objects.exists()
     assert VendorDeletion.objects.filter(status="pending").count() == 1  # one failed, waits for its retry
     assert vendor_deletion.deletions_process(now=_later(3))["done"] == 1

@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio import services, signed_media
+from studio import signed_media
+from studio.errors import OperationUnavailable, ServiceError
 from studio.imaging import FaceBox
+from studio.jobs.create import job_create
 from studio.models import Job
 from studio.operations import get_operation
 from studio.ownership import Owner
+from studio.photos import photo_create
 from studio.vendors import http as vendor_http
 from studio.vendors import sandbox
 from studio.vendors import vtrix as adapter
@@ -52,13 +55,13 @@ def emulator():
 
 @pytest.fixture
 def photo(portrait_jpeg):
-    return services.photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
+    return photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
 
 
 def run(photo, **raw) -> Job:
     params, errors = OP.clean_params(raw)
     assert not errors, errors
-    job = services.job_create(owner=OWNER, photo=photo, operation=OP, params=params)
+    job = job_create(owner=OWNER, photo=photo, operation=OP, params=params)
     job.refresh_from_db()
     return job
 
@@ -194,8 +197,8 @@ def test_unconfigured_vendor_is_unavailable_with_the_reason(photo):
     reason = get_provider("vtrix").unavailable_reason()
     assert reason and "VTRIX_API_KEY" in reason
     # Visitors get a calm message; the reason with the setting's name is kept for staff.
-    with pytest.raises(services.OperationUnavailable) as refused:
-        services.job_create(owner=OWNER, photo=photo, operation=OP, params=OP.defaults())
+    with pytest.raises(OperationUnavailable) as refused:
+        job_create(owner=OWNER, photo=photo, operation=OP, params=OP.defaults())
     assert "VTRIX_API_KEY" in refused.value.reason and "VTRIX_API_KEY" not in refused.value.message
 
 
@@ -221,9 +224,9 @@ def test_an_expired_signed_link_fails_with_the_vendors_error(settings, monkeypat
 
 
 def test_photos_breaking_the_input_rules_are_refused_before_sending(two_faces_jpeg, portrait_jpeg):
-    two = services.photo_create(owner=OWNER, data=two_faces_jpeg, filename="two.jpg")
-    with sandbox.use("vtrix", VtrixEmulator()), pytest.raises(services.ServiceError, match="2 faces"):
-        services.job_create(owner=OWNER, photo=two, operation=OP, params=OP.defaults())
+    two = photo_create(owner=OWNER, data=two_faces_jpeg, filename="two.jpg")
+    with sandbox.use("vtrix", VtrixEmulator()), pytest.raises(ServiceError, match="2 faces"):
+        job_create(owner=OWNER, photo=two, operation=OP, params=OP.defaults())
 
     face = [FaceBox(10, 10, 50, 50)]
 

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio import services
+from studio.errors import OperationUnavailable
+from studio.jobs.create import job_create
 from studio.models import Job
 from studio.operations import get_operation
 from studio.ownership import Owner
+from studio.photos import photo_create
 from studio.vendors import http as vendor_http
 from studio.vendors import sandbox
 from studio.vendors import wavespeed as adapter
@@ -47,13 +49,13 @@ def emulator():
 
 @pytest.fixture
 def photo(portrait_jpeg):
-    return services.photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
+    return photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
 
 
 def run(photo, op=PORTRAIT, **raw) -> Job:
     params, errors = op.clean_params(raw)
     assert not errors, errors
-    job = services.job_create(owner=OWNER, photo=photo, operation=op, params=params)
+    job = job_create(owner=OWNER, photo=photo, operation=op, params=params)
     job.refresh_from_db()
     return job
 
@@ -145,8 +147,8 @@ def test_unconfigured_vendor_is_unavailable_with_the_reason(photo):
     reason = get_provider("wavespeed").unavailable_reason()
     assert reason and "WAVESPEED_API_KEY" in reason
     # Visitors get a calm message; the reason with the setting's name is kept for staff.
-    with pytest.raises(services.OperationUnavailable) as refused:
-        services.job_create(owner=OWNER, photo=photo, operation=PORTRAIT, params=PORTRAIT.defaults())
+    with pytest.raises(OperationUnavailable) as refused:
+        job_create(owner=OWNER, photo=photo, operation=PORTRAIT, params=PORTRAIT.defaults())
     assert "WAVESPEED_API_KEY" in refused.value.reason and "WAVESPEED_API_KEY" not in refused.value.message
 
 

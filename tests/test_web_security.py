@@ -12,10 +12,10 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
-from studio import services
 from studio.media import storage_origin
 from studio.models import Job, Photo
 from studio.security import content_security_policy
+from studio.sharing import share_enable
 from tests.conftest import upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -60,7 +60,7 @@ def pages(owner_client, portrait_jpeg):
     owner_client.post("/jobs/", {"photo": str(photo.pk), "operation": "studio_retouch"}, headers=HTMX)
     job = Job.objects.get()
     result = job.results.get()
-    token = services.share_enable(result=result, show_before=True).token
+    token = share_enable(result=result, show_before=True).token
     staff = Client()
     staff.force_login(User.objects.create_superuser("boss", password="pw-boss-123456"))
     return [

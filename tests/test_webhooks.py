@@ -10,10 +10,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from studio import services, wakeup, webhook_signatures, webhooks
+from studio import wakeup, webhook_signatures, webhooks
+from studio.jobs.create import job_create
 from studio.models import Job
 from studio.operations import get_operation
 from studio.ownership import Owner
+from studio.photos import photo_create
 from studio.vendors import http as vendor_http
 from studio.vendors import sandbox
 from studio.vendors.base import VendorError, get_provider
@@ -233,7 +235,7 @@ def _run(photo, emulator) -> tuple[Job, int]:
     op = get_operation("ws_portrait")
     params, _ = op.clean_params({"prompt": "warm light", "seed": 5})
     with sandbox.use("wavespeed", emulator):
-        job = services.job_create(owner=OWNER, photo=photo, operation=op, params=params)
+        job = job_create(owner=OWNER, photo=photo, operation=op, params=params)
     job.refresh_from_db()
     polls = sum(1 for method, path in emulator.log if method == "GET" and "/predictions/" in path)
     return job, polls
@@ -241,7 +243,7 @@ def _run(photo, emulator) -> tuple[Job, int]:
 
 @pytest.fixture
 def photo(portrait_jpeg):
-    return services.photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
+    return photo_create(owner=OWNER, data=portrait_jpeg, filename="me.jpg")
 
 
 def test_a_webhook_wakes_the_job_and_saves_polls(settings, photo):
@@ -290,7 +292,7 @@ def test_webhook_over_real_http_to_a_live_server(settings, live_server, photo):
     op = get_operation("ws_portrait")
     params, _ = op.clean_params({"prompt": "soft light", "seed": 2})
     with emu.serve(), sandbox.use("wavespeed", emu, over_http=True):
-        job = services.job_create(owner=OWNER, photo=photo, operation=op, params=params)
+        job = job_create(owner=OWNER, photo=photo, operation=op, params=params)
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error_message
     assert emu.counters["webhooks_delivered"] == 1
@@ -304,7 +306,7 @@ def test_live_mode_with_a_loopback_public_url_registers_no_webhook(settings, pho
         settings.WAVESPEED_POLL_MS = 100
         op = get_operation("ws_portrait")
         params, _ = op.clean_params({"prompt": "soft light", "seed": 2})
-        job = services.job_create(owner=OWNER, photo=photo, operation=op, params=params)
+        job = job_create(owner=OWNER, photo=photo, operation=op, params=params)
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED
     assert next(iter(emu.tasks.values())).webhook == "", "a real vendor cannot call 127.0.0.1"

@@ -17,8 +17,10 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from studio import costs, services
+from studio import costs
 from studio.console.redaction import redact
+from studio.errors import ServiceError
+from studio.jobs import create
 from studio.models import Job
 from studio.operations import OPERATIONS
 from studio.ownership import Owner
@@ -189,8 +191,8 @@ def job_retry(request, job_id):
         messages.error(request, "This operation is no longer offered, so the job cannot be retried.")
         return redirect("studio:console:job", job_id=job.pk)
     try:
-        new_job = services.job_rerun(owner=owner, job=job, params=job.params)
-    except services.ServiceError as exc:
+        new_job = create.job_rerun(owner=owner, job=job, params=job.params)
+    except ServiceError as exc:
         messages.error(request, f"Not retried: {getattr(exc, 'reason', exc.message)}")
         return redirect("studio:console:job", job_id=job.pk)
     messages.success(request, "Retry queued as a new job for the same owner.")

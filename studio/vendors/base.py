@@ -128,7 +128,7 @@ class Provider(ABC):
     # True when the photo never leaves this server.
     runs_locally: bool = False
     # True when a call may hold its connection for minutes (a synchronous API):
-    # the step runner gives such calls threads of their own (studio/steps.py).
+    # the step runner gives such calls threads of their own (studio/jobs/steps.py).
     slow_calls: bool = False
     # Shown before submit: where the photo goes and how long it is kept there.
     data_notice: str = ""

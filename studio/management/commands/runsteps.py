@@ -7,10 +7,10 @@ from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
-    help = "Run vendor jobs' steps as they fall due (studio/steps.py); one or more per vendor machine."
+    help = "Run vendor jobs' steps as they fall due (studio/jobs/steps.py); one or more per vendor machine."
 
     def handle(self, *args, **options):
-        from studio import steps
+        from studio.jobs import steps
 
         steps.run_forever(
             processes=settings.STUDIO_STEP_PROCESSES,

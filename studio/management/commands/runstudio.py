@@ -56,7 +56,7 @@ class Command(BaseCommand):
         children["web"] = subprocess.Popen(web, cwd=settings.BASE_DIR, env=env, start_new_session=True)
         children["worker"] = subprocess.Popen(worker, cwd=settings.BASE_DIR, env=env, start_new_session=True)
         # The cluster runs local (CPU-bound) operations; the step runner runs vendor
-        # jobs' steps as they fall due, on threads (studio/steps.py).
+        # jobs' steps as they fall due, on threads (studio/jobs/steps.py).
         children["step runner"] = subprocess.Popen(
             [python, "manage.py", "runsteps"], cwd=settings.BASE_DIR, env=env, start_new_session=True
         )

@@ -25,7 +25,7 @@ this runner's id written on the job), so of all runners on all machines one
 runs it. If the runner process dies (SIGKILL, out of memory), its parent
 puts the jobs whose step was in flight back at once as new runs, which
 resume from the persisted vendor task; if the whole machine dies,
-studio.recovery finds them by their stale heartbeat, as for any worker.
+studio.jobs.recovery finds them by their stale heartbeat, as for any worker.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from django.db import close_old_connections, connection
 from django.db.models import Case, Value, When
 from django.utils import timezone
 
-from studio import services
+from studio.jobs import run
 from studio.models import Job
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class Stepper:
             candidates = due_job_ids(free, slow=slow)
             random.shuffle(candidates)  # other runners look at the same rows
             for pk in candidates:
-                first = services.job_claim_step(pk, owner=self.owner)
+                first = run.job_claim_step(pk, owner=self.owner)
                 if first is None:
                     continue  # another runner took it, or it ended
                 with self.lock:
@@ -126,7 +126,7 @@ class Stepper:
     def _run(self, pk, first: bool, slow: bool) -> None:
         try:
             close_old_connections()
-            services.job_step(pk, first=first)
+            run.job_step(pk, first=first)
         except BaseException:  # job_step ends the job itself; this is a last resort
             log.exception("step of job %s failed", pk)
         finally:
@@ -151,11 +151,11 @@ def new_owner_id() -> str:
 def release_steps_of(owner: str) -> int:
     """Jobs whose step was in flight in a runner that died go back as new runs, due now.
 
-    The next run resumes from what the dead one persisted (services._run_claimed);
+    The next run resumes from what the dead one persisted (run._run_claimed);
     a run that was creating a vendor task without request_id ends instead of
     creating it again (the Perfect Corp v2 "creating" mark).
     """
-    from studio.recovery import RESUMING
+    from studio.jobs.recovery import RESUMING
 
     now = timezone.now()
     return Job.objects.filter(status=Job.Status.RUNNING, step_due_at__isnull=True, step_owner=owner).update(

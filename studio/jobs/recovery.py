@@ -4,7 +4,7 @@ A job can be stranded two ways, and each is recognised from our own table:
 
 - Orphaned: RUNNING, but its heartbeat is older than STUDIO_JOB_ORPHAN_SECONDS.
   A side thread in the worker keeps the heartbeat fresh whatever the job is
-  doing (services._heartbeat), so only a dead worker (SIGKILL, out of memory,
+  doing (studio.jobs.run._heartbeat), so only a dead worker (SIGKILL, out of memory,
   a machine gone) lets it go stale. The job goes back to QUEUED and is sent
   again; the next run resumes polling the vendor task it persisted, or
   re-submits with the same request_id, which the vendor de-duplicates.
@@ -44,7 +44,8 @@ from django.db import close_old_connections, connection
 from django.db.models import Q
 from django.utils import timezone
 
-from studio import services
+from studio.errors import TIMED_OUT
+from studio.jobs import create, run
 from studio.models import Job
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,24 @@ def jobs_recover(*, now=None) -> dict[str, int]:
 
     Safe to run in several processes at once: every change is a conditional update.
     """
-    swept = services.jobs_sweep_stale()
+    swept = jobs_sweep_stale()
     now = now or timezone.now()
     orphans = _requeue_orphans(now)
     resent = _resend_lost_messages(now)
     if swept or orphans or resent:
         log.warning("recovery: %s past deadline failed, %s orphaned requeued, %s lost resent", swept, orphans, resent)
     return {"swept": swept, "orphans": orphans, "resent": resent}
+
+
+def jobs_sweep_stale() -> int:
+    """Fail every job still unfinished past its deadline. Safe to run anywhere, any time."""
+    cutoff = timezone.now() - timezone.timedelta(seconds=settings.STUDIO_JOB_DEADLINE_SECONDS)
+    stale = Job.objects.exclude(status__in=Job.TERMINAL).filter(created_at__lt=cutoff)
+    ids = list(stale.values_list("pk", flat=True))
+    swept = 0
+    for job_id in ids:  # one by one: each may finish a batch that asked to be told
+        swept += run.job_mark_failed(job_id, TIMED_OUT)
+    return swept
 
 
 def _stale(field: str, before) -> Q:
@@ -77,7 +89,7 @@ def _stale(field: str, before) -> Q:
 
 def _requeue_orphans(now) -> int:
     stale = _stale("heartbeat_at", now - timezone.timedelta(seconds=settings.STUDIO_JOB_ORPHAN_SECONDS))
-    # A parked vendor job (studio.steps) is between two steps and beats no heartbeat: not an orphan.
+    # A parked vendor job (studio.jobs.steps) is between two steps and beats no heartbeat: not an orphan.
     running = Job.objects.filter(status=Job.Status.RUNNING, step_due_at__isnull=True)
     count = 0
     for pk in list(running.filter(stale).values_list("pk", flat=True)[:BATCH]):
@@ -93,7 +105,7 @@ def _requeue_orphans(now) -> int:
 def _resend_lost_messages(now) -> int:
     # On a queued job, heartbeat_at is when its message was last sent (job_requeue and this module set it).
     stale = _stale("heartbeat_at", now - timezone.timedelta(seconds=settings.STUDIO_JOB_REQUEUE_SECONDS))
-    # A vendor job due for the step runner has no message to lose (studio.steps).
+    # A vendor job due for the step runner has no message to lose (studio.jobs.steps).
     queued = Job.objects.filter(status=Job.Status.QUEUED, step_due_at__isnull=True)
     candidates = list(queued.filter(stale).values_list("pk", flat=True)[:BATCH])
     if not candidates:
@@ -114,7 +126,7 @@ def _resend_lost_messages(now) -> int:
 
 def _send(pk) -> None:
     try:
-        services.enqueue_job(pk, group=RECOVERY_GROUP)
+        create.enqueue_job(pk, group=RECOVERY_GROUP)
     except Exception:  # the broker is down: the job stays queued and a later pass sends it again
         log.exception("recovery could not enqueue job %s", pk)
 
