@@ -52,8 +52,11 @@ VENDOR_SECONDS = {"pc_colorize": PC_ENGINE_S, "ws_portrait": 2 * WS_STAGE_S}
 
 CREATE = """
 import sys, json
-from studio.jobs.create import job_create
-from studio.photos import photo_create
+try:
+    from studio.jobs.create import job_create
+    from studio.photos import photo_create
+except ImportError:  # the baseline's tree, before services.py was split
+    from studio.services import job_create, photo_create
 from studio.operations import get_operation
 from studio.ownership import Owner
 from tests import images
