@@ -145,7 +145,9 @@ def _style_reference_given(data: QueryDict, files: MultiValueDict, op: Operation
     return bool(files.get(REFERENCE_FIELD) or data.get(REFERENCE_PHOTO_FIELD))
 
 
-def _collect_reference(data: QueryDict, files: MultiValueDict, owner, op: Operation, found: FormInputs, *, label: str = "") -> None:
+def _collect_reference(
+    data: QueryDict, files: MultiValueDict, owner, op: Operation, found: FormInputs, *, label: str = ""
+) -> None:
     upload = files.get(REFERENCE_FIELD)
     label = label or op.inputs.reference_label
     reference = None

@@ -227,7 +227,8 @@ class SubmissionForm(forms.Form):
         op = self.operation
         if op is None:
             raise ValidationError("No such operation.")
-        params = {param.name: self.cleaned_data.get(param.name, param.default) for param in op.params}
+        # A parameter with an error is left out (as Operation.clean_params leaves it out).
+        params = {param.name: self.cleaned_data[param.name] for param in op.params if param.name in self.cleaned_data}
         templates = self._picked_templates(op)
         if templates and takes(op, "prompt") and not str(params.get("prompt") or "").strip():
             params["prompt"] = templates[0].prompt  # without JavaScript nothing copies a card's prompt

@@ -176,3 +176,10 @@ def test_the_fields_come_from_the_catalogue():
     assert "mask" in SubmissionForm.fields_for(OPERATIONS["pc_object_removal"])
     assert {"reference", "reference_photo"} <= set(SubmissionForm.fields_for(OPERATIONS["pc_makeup_transfer"]))
     assert "seed_lock" in SubmissionForm.fields_for(OPERATIONS["ai_headshot"])
+
+
+def test_a_too_long_prompt_keeps_its_own_error(photo):
+    form = form_for([("operation", "ws_portrait"), ("photo", str(photo.pk)), ("prompt", "x" * 1001)])
+    assert form.errors_by_field() == {"prompt": "Edit instruction can be at most 1000 characters."}
+    form = form_for([("operation", "ws_portrait"), ("photo", str(photo.pk)), ("prompt", "  ")])
+    assert list(form.errors) == ["prompt"] and "write a few words" in form.errors_by_field()["prompt"]
