@@ -23,7 +23,9 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 from django.http import QueryDict
+from django.template.loader import render_to_string
 from django.utils.datastructures import MultiValueDict
+from django.utils.safestring import mark_safe
 
 from studio import job_inputs, selectors, services
 from studio.models import Photo, Style, StyleTemplate
@@ -123,11 +125,29 @@ class Submission:
 # --- Fields -------------------------------------------------------------------------
 
 
+class RangeInput(forms.NumberInput):
+    """A number parameter's slider in the operation panel, with the catalogue's range.
+
+    Drawn with the site's templates (templates/studio/widgets/range.html), as
+    params.html places it: the panel's sliders are this form's bound fields.
+    """
+
+    input_type = "range"
+    template_name = "studio/widgets/range.html"
+
+    def _render(self, template_name, context, renderer=None):
+        return mark_safe(render_to_string(template_name, context))
+
+
 def _widget_for(param: Param) -> forms.Widget:
-    """The input a parameter is shown as, with the catalogue's range (params.html draws it)."""
+    """The input a parameter is shown as, with the catalogue's range."""
+    if param.kind in ("float", "int") and param.name != "seed":  # the seed has its own control
+        return RangeInput(
+            attrs={"id": f"param-{param.name}", "min": param.minimum, "max": param.maximum, "step": param.step or 1}
+        )
     if param.kind in ("float", "int"):
-        attrs = {"min": param.minimum, "max": param.maximum, "step": param.step or 1}
-        return forms.NumberInput(attrs={k: v for k, v in attrs.items() if v is not None})
+        limits = {"min": param.minimum, "max": param.maximum}
+        return forms.NumberInput(attrs={k: v for k, v in limits.items() if v is not None})
     if param.kind == "choice":
         return forms.RadioSelect(choices=param.choices)
     if param.kind == "text":
@@ -186,21 +206,35 @@ class SubmissionForm(forms.Form):
     operation_key = "operation"
 
     def __init__(
-        self, data: QueryDict, files: MultiValueDict | None = None, *, owner, notify_allowed: bool = False
+        self, data: QueryDict | None, files: MultiValueDict | None = None, *, owner=None, notify_allowed: bool = False,
+        operation: Operation | None = None, initial: dict[str, Any] | None = None,
     ):
-        super().__init__(data, files or MultiValueDict())
+        if data is not None and files is None:
+            files = MultiValueDict()
+        super().__init__(data, files, initial=initial)
         self.owner = owner
         self.notify_allowed = notify_allowed
-        self.operation: Operation | None = OPERATIONS.get(self.data.get(self.operation_key, ""))
+        # Submitted: the operation the data names. Shown (unbound): the one given.
+        self.operation: Operation | None = (
+            OPERATIONS.get(self.data.get(self.operation_key, "")) if data is not None else operation
+        )
         self.photo: Photo | None = None
         self.inputs = job_inputs.FormInputs()
         self.submission: Submission | None = None
         op = self.operation
         if op is None:
             return
-        if op.inputs.selfie or self.data.get("photo"):
+        if data is not None and (op.inputs.selfie or self.data.get("photo")):
             self.photo = selectors.photo_get_for_owner(owner, self.data.get("photo", ""))
         self.fields.update(self.fields_for(op))
+
+    @classmethod
+    def panel_fields(cls, op: Operation | None, values: dict[str, Any]) -> dict[str, forms.BoundField]:
+        """The operation panel's parameter inputs (params.html), showing `values`: this form's fields."""
+        if op is None:
+            return {}
+        form = cls(None, operation=op, initial=values)
+        return {param.name: form[param.name] for param in op.params}
 
     @staticmethod
     def fields_for(op: Operation) -> dict[str, forms.Field]:

@@ -77,6 +77,7 @@ def _studio_context(request, *, photo=None, selected_op=None, values=None, error
     offered = [item["op"] for item in available]
     # An operation that cannot run here is never preselected (nor picked by a crafted link).
     op = selected_op if selected_op in offered else (offered[0] if offered else next(iter(OPERATIONS.values())))
+    values = values or views_compare.form_values(request.session, op)
     return {
         "photo": photo,
         # Callables: templates call them only when they render that part,
@@ -87,7 +88,9 @@ def _studio_context(request, *, photo=None, selected_op=None, values=None, error
         "hidden_operations": hidden,
         "more_styles_line": MORE_STYLES_LINE,
         "selected_op": op,
-        "values": values or views_compare.form_values(request.session, op),
+        "values": values,
+        # The parameter sliders are the studio form's own fields (submission.py).
+        "param_fields": SubmissionForm.panel_fields(op, values),
         "style_templates": lambda: selectors.templates_for_operation(op.key),
         "compare_candidates": lambda: views_compare.compare_candidates(op),
         "errors": errors or {},
@@ -329,6 +332,7 @@ def result_detail(request, result_id):
     siblings = list(job.results.all())
     share = next((link for link in result.share_links.all() if link.is_active), None)
     op = job.operation_spec
+    values = {**(op.defaults() if op else {}), **job.params}
     return render(
         request,
         "studio/result.html",
@@ -344,7 +348,8 @@ def result_detail(request, result_id):
             "op": op,
             "is_passport": print_sheet.is_passport(job),
             "size_caps": print_sheet.SIZE_CAPS_KB,
-            "values": {**(op.defaults() if op else {}), **job.params},
+            "values": values,
+            "param_fields": SubmissionForm.panel_fields(op, values),
             "errors": {},
         },
     )

@@ -171,7 +171,7 @@ def test_the_fields_come_from_the_catalogue():
     fields = SubmissionForm.fields_for(op)
     strength = fields["strength"]
     assert isinstance(strength, ParamField) and strength.param is op.param("strength")
-    assert strength.widget.attrs == {"min": 0.1, "max": 1.0, "step": 0.05}
+    assert strength.widget.attrs == {"id": "param-strength", "min": 0.1, "max": 1.0, "step": 0.05}
     assert "seed_lock" not in fields and "mask" not in fields
     assert "mask" in SubmissionForm.fields_for(OPERATIONS["pc_object_removal"])
     assert {"reference", "reference_photo"} <= set(SubmissionForm.fields_for(OPERATIONS["pc_makeup_transfer"]))
@@ -183,3 +183,12 @@ def test_a_too_long_prompt_keeps_its_own_error(photo):
     assert form.errors_by_field() == {"prompt": "Edit instruction can be at most 1000 characters."}
     form = form_for([("operation", "ws_portrait"), ("photo", str(photo.pk)), ("prompt", "  ")])
     assert list(form.errors) == ["prompt"] and "write a few words" in form.errors_by_field()["prompt"]
+
+
+def test_the_panel_sliders_are_the_forms_fields():
+    op = OPERATIONS["background_blur"]
+    fields = SubmissionForm.panel_fields(op, {"strength": "0.45"})
+    html = str(fields["strength"])
+    assert html.startswith('<input id="param-strength" type="range" name="strength"')
+    assert 'min="0.1"' in html and 'max="1.0"' in html and 'step="0.05"' in html and 'value="0.45"' in html
+    assert SubmissionForm.panel_fields(None, {}) == {}
