@@ -30,7 +30,33 @@ from django.utils.safestring import mark_safe
 from studio import job_inputs, selectors, services
 from studio.models import Photo, Style, StyleTemplate
 from studio.operations import OPERATIONS, Operation, Param, ParamError
-from studio.views_compare import compare_candidates, takes
+from studio.vendors.base import PROVIDERS, get_provider
+
+
+def takes(op: Operation | None, name: str) -> bool:
+    return op is not None and any(param.name == name for param in op.params)
+
+
+def compare_candidates(op: Operation) -> list[Operation]:
+    """Other operations that can run on the same submission, to compare side by side.
+
+    They take the same inputs (a selfie, no second photo, no mask), can run now,
+    take a prompt when this one does, and need no choice beyond their defaults.
+    """
+    found = []
+    for other in OPERATIONS.values():
+        if other.key == op.key or other.inputs.selfie != op.inputs.selfie:
+            continue
+        if other.inputs.reference_label or other.inputs.mask:
+            continue
+        if takes(op, "prompt") != takes(other, "prompt"):
+            continue
+        if any(p.kind == "style" and not p.default for p in other.params):
+            continue  # a style must be picked first
+        if other.provider not in PROVIDERS or get_provider(other.provider).unavailable_reason():
+            continue
+        found.append(other)
+    return found
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from studio.limits import limited
 from studio.models import Job, Photo, Result, Style
 from studio.operations import GROUPS, OPERATIONS, SLOW_SECONDS, TYPICAL_SECONDS_BY_PROVIDER
 from studio.ownership import Owner, claimed_user_id, owner_for, session_signed_in_as, visitor_id
-from studio.submission import SubmissionForm
+from studio.submission import SubmissionForm, compare_candidates
 from studio.vendors.base import PROVIDERS, get_provider
 
 UPLOAD_FIELD = "photo"
@@ -92,7 +92,7 @@ def _studio_context(request, *, photo=None, selected_op=None, values=None, error
         # The parameter sliders are the studio form's own fields (submission.py).
         "param_fields": SubmissionForm.panel_fields(op, values),
         "style_templates": lambda: selectors.templates_for_operation(op.key),
-        "compare_candidates": lambda: views_compare.compare_candidates(op),
+        "compare_candidates": lambda: compare_candidates(op),
         "errors": errors or {},
         "form_error": form_error,
         "max_upload_mb": settings.STUDIO_MAX_UPLOAD_MB,

@@ -1,7 +1,7 @@
 """Style templates, seeds and comparisons: the parts of the studio they add.
 
-- Which other operations a submission can be compared with (the studio form,
-  submission.py, turns picked cards and comparisons into one batch of runs).
+- Picked template cards and operations to compare with make one batch of runs
+  (the studio form, submission.py, checks them and says which can be compared).
 - The seed lock: a locked seed is kept (per operation, in the session) for the
   next runs; the form chooses an empty locked seed so it can be shown at once.
 - The comparison page of a batch, re-runs with the same or a new seed, staff's
@@ -23,40 +23,11 @@ from django_htmx.http import HttpResponseStopPolling
 from studio import media, selectors, services
 from studio.limits import limited
 from studio.models import StyleTemplate
-from studio.operations import OPERATIONS, Operation
+from studio.operations import Operation
 from studio.ownership import owner_for
-from studio.vendors.base import PROVIDERS, get_provider
+from studio.submission import takes
 
 SEED_LOCK_SESSION_KEY = "studio_seed_locks"  # {operation key: locked seed}
-
-
-def takes(op: Operation | None, name: str) -> bool:
-    return op is not None and any(param.name == name for param in op.params)
-
-
-# --- The studio form -------------------------------------------------------------
-
-
-def compare_candidates(op: Operation) -> list[Operation]:
-    """Other operations that can run on the same submission, to compare side by side.
-
-    They take the same inputs (a selfie, no second photo, no mask), can run now,
-    take a prompt when this one does, and need no choice beyond their defaults.
-    """
-    found = []
-    for other in OPERATIONS.values():
-        if other.key == op.key or other.inputs.selfie != op.inputs.selfie:
-            continue
-        if other.inputs.reference_label or other.inputs.mask:
-            continue
-        if takes(op, "prompt") != takes(other, "prompt"):
-            continue
-        if any(p.kind == "style" and not p.default for p in other.params):
-            continue  # a style must be picked first
-        if other.provider not in PROVIDERS or get_provider(other.provider).unavailable_reason():
-            continue
-        found.append(other)
-    return found
 
 
 def seed_locked(session, op: Operation) -> int | None:
