@@ -12,6 +12,9 @@ what the form asks for and what is checked here, for every vendor alike:
 - a mask (`Inputs.mask`): the PNG painted in the browser, which must have
   exactly the stored photo's pixel size; it is re-encoded as a clean
   black-and-white PNG before it is stored or sent anywhere.
+
+They are read from the submitted form data and files: the studio form,
+submission.SubmissionForm, calls `collect` and attaches each error to its field.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.http import QueryDict
+from django.utils.datastructures import MultiValueDict
 from PIL import Image
 
 from studio import photos, selectors, styles
@@ -48,46 +53,26 @@ class FormInputs:
     values: dict[str, Any] = field(default_factory=dict)  # to re-show the form (e.g. the reference kept)
 
 
-def collect(request, *, owner, op: Operation, photo: Photo | None, params: dict[str, Any]) -> FormInputs:
-    """Read and check the generic inputs `op` declares; problems go to `.errors` by field."""
-    found = FormInputs()
-    if _style_reference_given(request, op):
-        # A photo of the look stands in for the style pick (e.g. Perfect Corp v2's hairstyle).
-        _collect_reference(request, owner, op, found, label=op.inputs.style_reference_label)
-    else:
-        _collect_styles(request, op, found)
-    if op.inputs.prompt_label:
-        _collect_prompt(request, op, params, found)
-    if op.inputs.reference_label:
-        _collect_reference(request, owner, op, found)
-    if op.inputs.mask:
-        _collect_mask(request, photo, found)
-    return found
+def collect(
+    data: QueryDict, files: MultiValueDict, *, owner, op: Operation, photo: Photo | None, params: dict[str, Any]
+) -> FormInputs:
+    """Read and check the generic inputs `op` declares; problems go to `.errors` by field.
 
-
-def expand_runs(runs: list[tuple], op: Operation, inputs: FormInputs) -> list[tuple]:
-    """One run per picked style (per combination, for several style parameters) of `op`'s runs.
-
-    The exact vendor ids travel as strings: the style's and its group's (the
-    vendor needs both to run a style).
+    `data` and `files` are the submitted form (submission.SubmissionForm hands them over).
     """
-    expanded = []
-    for run in runs:
-        run_op, params, *rest = run
-        variants = [dict(params)]
-        if run_op.key == op.key:
-            # A run from a style template keeps the template's prompt (views_compare.py).
-            if inputs.prompt is not None and not rest:
-                variants = [{**v, PROMPT_FIELD: inputs.prompt} for v in variants]
-            for name, picked in inputs.styles.items():
-                variants = [
-                    # The name too, so cards and galleries show it without a query per job.
-                    {**v, name: style.style_id, "style_group_id": style.group.group_id, "style_name": style.name}
-                    for v in variants
-                    for style in picked
-                ]
-        expanded += [(run_op, variant, *rest) for variant in variants]
-    return expanded
+    found = FormInputs()
+    if _style_reference_given(data, files, op):
+        # A photo of the look stands in for the style pick (e.g. Perfect Corp v2's hairstyle).
+        _collect_reference(data, files, owner, op, found, label=op.inputs.style_reference_label)
+    else:
+        _collect_styles(data, op, found)
+    if op.inputs.prompt_label:
+        _collect_prompt(data, op, params, found)
+    if op.inputs.reference_label:
+        _collect_reference(data, files, owner, op, found)
+    if op.inputs.mask:
+        _collect_mask(files, photo, found)
+    return found
 
 
 def rerun_params(op: Operation, job, cleaned: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -119,9 +104,9 @@ def rerun_params(op: Operation, job, cleaned: dict[str, Any]) -> tuple[dict[str,
 # --- Each input ----------------------------------------------------------------------
 
 
-def _collect_styles(request, op: Operation, found: FormInputs) -> None:
+def _collect_styles(data: QueryDict, op: Operation, found: FormInputs) -> None:
     for param in styles.style_params(op):
-        raw_ids = [raw.strip() for raw in request.POST.getlist(param.name) if raw.strip()]
+        raw_ids = [raw.strip() for raw in data.getlist(param.name) if raw.strip()]
         ids = list(dict.fromkeys(raw_ids))  # a style listed in two groups counts once
         if not param.multiple:
             ids = ids[:1]
@@ -143,9 +128,9 @@ def _collect_styles(request, op: Operation, found: FormInputs) -> None:
             found.styles[param.name] = picked
 
 
-def _collect_prompt(request, op: Operation, params: dict[str, Any], found: FormInputs) -> None:
+def _collect_prompt(data: QueryDict, op: Operation, params: dict[str, Any], found: FormInputs) -> None:
     declared = any(p.name == PROMPT_FIELD for p in op.params)
-    text = str(params.get(PROMPT_FIELD) if declared else request.POST.get(PROMPT_FIELD, "")).strip()
+    text = str(params.get(PROMPT_FIELD) if declared else data.get(PROMPT_FIELD, "")).strip()
     if not text:
         found.errors[PROMPT_FIELD] = f"{op.inputs.prompt_label}: please write a few words first."
     elif len(text) > PROMPT_MAX_LENGTH:
@@ -154,14 +139,16 @@ def _collect_prompt(request, op: Operation, params: dict[str, Any], found: FormI
         found.prompt = text
 
 
-def _style_reference_given(request, op: Operation) -> bool:
+def _style_reference_given(data: QueryDict, files: MultiValueDict, op: Operation) -> bool:
     if not op.inputs.style_reference_label or not get_provider(op.provider).style_reference_offered:
         return False
-    return bool(request.FILES.get(REFERENCE_FIELD) or request.POST.get(REFERENCE_PHOTO_FIELD))
+    return bool(files.get(REFERENCE_FIELD) or data.get(REFERENCE_PHOTO_FIELD))
 
 
-def _collect_reference(request, owner, op: Operation, found: FormInputs, *, label: str = "") -> None:
-    upload = request.FILES.get(REFERENCE_FIELD)
+def _collect_reference(
+    data: QueryDict, files: MultiValueDict, owner, op: Operation, found: FormInputs, *, label: str = ""
+) -> None:
+    upload = files.get(REFERENCE_FIELD)
     label = label or op.inputs.reference_label
     reference = None
     if upload is not None:
@@ -175,8 +162,8 @@ def _collect_reference(request, owner, op: Operation, found: FormInputs, *, labe
         except ImageRejected as exc:
             found.errors[REFERENCE_FIELD] = f"{label}: {exc.message}"
             return
-    elif request.POST.get(REFERENCE_PHOTO_FIELD):
-        reference = selectors.photo_get_for_owner(owner, request.POST[REFERENCE_PHOTO_FIELD])
+    elif data.get(REFERENCE_PHOTO_FIELD):
+        reference = selectors.photo_get_for_owner(owner, data[REFERENCE_PHOTO_FIELD])
     if reference is None:
         found.errors[REFERENCE_FIELD] = f"Add the {label[:1].lower()}{label[1:]}."
         return
@@ -194,8 +181,8 @@ def _collect_reference(request, owner, op: Operation, found: FormInputs, *, labe
     found.reference_photo = reference
 
 
-def _collect_mask(request, photo: Photo | None, found: FormInputs) -> None:
-    upload = request.FILES.get(MASK_FIELD)
+def _collect_mask(files: MultiValueDict, photo: Photo | None, found: FormInputs) -> None:
+    upload = files.get(MASK_FIELD)
     if photo is None:
         return  # the missing photo is reported on its own
     if upload is None or upload.size == 0:

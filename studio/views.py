@@ -39,6 +39,7 @@ from studio.limits import limited
 from studio.models import Job, Photo, Result, Style
 from studio.operations import GROUPS, OPERATIONS, SLOW_SECONDS, TYPICAL_SECONDS_BY_PROVIDER
 from studio.ownership import Owner, claimed_user_id, owner_for, session_signed_in_as, visitor_id
+from studio.submission import SubmissionForm, compare_candidates
 from studio.vendors.base import PROVIDERS, get_provider
 
 UPLOAD_FIELD = "photo"
@@ -90,6 +91,7 @@ def _studio_context(request, *, photo=None, selected_op=None, values=None, error
     offered = [item["op"] for item in available]
     # An operation that cannot run here is never preselected (nor picked by a crafted link).
     op = selected_op if selected_op in offered else (offered[0] if offered else next(iter(OPERATIONS.values())))
+    values = values or views_compare.form_values(request.session, op)
     return {
         "photo": photo,
         # Callables: templates call them only when they render that part,
@@ -100,9 +102,11 @@ def _studio_context(request, *, photo=None, selected_op=None, values=None, error
         "hidden_operations": hidden,
         "more_styles_line": MORE_STYLES_LINE,
         "selected_op": op,
-        "values": values or views_compare.form_values(request, op),
+        "values": values,
+        # The parameter sliders are the studio form's own fields (submission.py).
+        "param_fields": SubmissionForm.panel_fields(op, values),
         "style_templates": lambda: selectors.templates_for_operation(op.key),
-        "compare_candidates": lambda: views_compare.compare_candidates(op),
+        "compare_candidates": lambda: compare_candidates(op),
         "errors": errors or {},
         "form_error": form_error,
         "max_upload_mb": settings.STUDIO_MAX_UPLOAD_MB,
@@ -195,49 +199,37 @@ def photo_image(request, photo_id):
 @require_POST
 @limited("jobs")
 def job_create(request):
+    """Check the studio form (submission.SubmissionForm) and start its jobs, one batch per submission."""
+    from studio.accounts import verified_email
+
     owner = owner_for(request, create=True)
-    op = OPERATIONS.get(request.POST.get("operation", ""))
+    form = SubmissionForm(request.POST, request.FILES, owner=owner, notify_allowed=bool(verified_email(request.user)))
+    op, photo = form.operation, form.photo
     if op is None:
         raise Http404("No such operation.")
-    photo = None
-    if op.inputs.selfie or request.POST.get("photo"):
-        photo = selectors.photo_get_for_owner(owner, request.POST.get("photo", ""))
-    params, errors = op.clean_params(request.POST)
-    params = views_compare.fill_from_templates(request, op, params)  # a picked card is the prompt
-    # Generic form inputs (job_inputs.py): style picks, prompt, reference photo, painted mask.
-    inputs = job_inputs.collect(request, owner=owner, op=op, photo=photo, params=params)
-    errors = {**errors, **inputs.errors}
-    jobs, job = [], None
-    form_error = ""
-    shown_values = {}
-    if not errors:
+    jobs, form_error = [], ""
+    if form.is_valid():
+        submission = form.submission
+        if submission.seed_lock is not None:
+            views_compare.seed_lock_store(request.session, op, submission.locked_seed)
         try:
-            # Template cards and operations to compare with make a batch (views_compare.py).
-            runs, shown_values = views_compare.submission_runs(request, op, params)
-            # One job per picked style (job_inputs.py).
-            runs = job_inputs.expand_runs(runs, op, inputs)
             jobs = create.job_create_batch(
-                owner=owner, photo=photo, runs=runs, reference_photo=inputs.reference_photo, mask=inputs.mask,
-                notify_email=request.POST.get("notify") == "1" and _notify_option(request, op)["allowed"],
+                owner=owner, photo=photo, runs=submission.runs(), reference_photo=submission.reference_photo,
+                mask=submission.mask, notify_email=submission.notify,
             )
-            job = jobs[0]
         except ServiceError as exc:
             form_error = exc.message
+    job = jobs[0] if jobs else None
+    errors = form.errors_by_field()
     if not request.htmx:
-        if job and job.batch:
-            return redirect("studio:compare", batch=job.batch)
         if job:
-            return redirect("studio:job", job_id=job.pk)
+            return redirect("studio:compare", batch=job.batch) if job.batch else redirect("studio:job", job_id=job.pk)
         messages.error(request, form_error or " ".join(errors.values()) or "Please correct the highlighted values.")
         return redirect(f"{reverse('studio:home')}?{'photo=' + str(photo.pk) + '&' if photo else ''}operation={op.key}")
     context = _studio_context(
-        request, photo=photo, selected_op=op,
-        values={**op.defaults(), **request.POST.dict(), **shown_values, **inputs.values,
-                **{name: [s.style_id for s in picked] for name, picked in inputs.styles.items()}},
-        errors=errors, form_error=form_error,
+        request, photo=photo, selected_op=op, values=form.shown_values(), errors=errors, form_error=form_error
     )
-    context["new_job"] = job
-    context["new_jobs"] = jobs
+    context.update(new_job=job, new_jobs=jobs)
     return render(request, "studio/home.html#submit_response", context)
 
 
@@ -354,6 +346,7 @@ def result_detail(request, result_id):
     siblings = list(job.results.all())
     share = next((link for link in result.share_links.all() if link.is_active), None)
     op = job.operation_spec
+    values = {**(op.defaults() if op else {}), **job.params}
     return render(
         request,
         "studio/result.html",
@@ -369,7 +362,8 @@ def result_detail(request, result_id):
             "op": op,
             "is_passport": print_sheet.is_passport(job),
             "size_caps": print_sheet.SIZE_CAPS_KB,
-            "values": {**(op.defaults() if op else {}), **job.params},
+            "values": values,
+            "param_fields": SubmissionForm.panel_fields(op, values),
             "errors": {},
         },
     )

@@ -1,9 +1,9 @@
 """Style templates, seeds and comparisons: the parts of the studio they add.
 
-- Turning one studio submission into its runs: one per picked template card,
-  plus one per other operation picked to compare with (one batch of jobs).
+- Picked template cards and operations to compare with make one batch of runs
+  (the studio form, submission.py, checks them and says which can be compared).
 - The seed lock: a locked seed is kept (per operation, in the session) for the
-  next runs; an empty locked seed is chosen here so it can be shown at once.
+  next runs; the form chooses an empty locked seed so it can be shown at once.
 - The comparison page of a batch, re-runs with the same or a new seed, staff's
   "save as template", and the public cover images of active templates.
 """
@@ -25,123 +25,34 @@ from studio.errors import ServiceError
 from studio.jobs import create
 from studio.limits import limited
 from studio.models import StyleTemplate
-from studio.operations import OPERATIONS, Operation
+from studio.operations import Operation
 from studio.ownership import owner_for
-from studio.vendors.base import PROVIDERS, get_provider
+from studio.submission import takes
 
 SEED_LOCK_SESSION_KEY = "studio_seed_locks"  # {operation key: locked seed}
 
 
-def takes(op: Operation | None, name: str) -> bool:
-    return op is not None and any(param.name == name for param in op.params)
+def seed_locked(session, op: Operation) -> int | None:
+    return session.get(SEED_LOCK_SESSION_KEY, {}).get(op.key)
 
 
-# --- The studio form -------------------------------------------------------------
-
-
-def compare_candidates(op: Operation) -> list[Operation]:
-    """Other operations that can run on the same submission, to compare side by side.
-
-    They take the same inputs (a selfie, no second photo, no mask), can run now,
-    take a prompt when this one does, and need no choice beyond their defaults.
-    """
-    found = []
-    for other in OPERATIONS.values():
-        if other.key == op.key or other.inputs.selfie != op.inputs.selfie:
-            continue
-        if other.inputs.reference_label or other.inputs.mask:
-            continue
-        if takes(op, "prompt") != takes(other, "prompt"):
-            continue
-        if any(p.kind == "style" and not p.default for p in other.params):
-            continue  # a style must be picked first
-        if other.provider not in PROVIDERS or get_provider(other.provider).unavailable_reason():
-            continue
-        found.append(other)
-    return found
-
-
-def seed_locked(request, op: Operation) -> int | None:
-    return request.session.get(SEED_LOCK_SESSION_KEY, {}).get(op.key)
-
-
-def form_values(request, op: Operation) -> dict[str, Any]:
+def form_values(session, op: Operation) -> dict[str, Any]:
     """The studio form's starting values: defaults, plus a seed the user locked earlier."""
     values = op.defaults()
-    locked = seed_locked(request, op)
+    locked = seed_locked(session, op)
     if takes(op, "seed") and locked is not None:
         values.update(seed=locked, seed_lock="1")
     return values
 
 
-def _set_seed_lock(request, op: Operation, seed: int | None) -> None:
-    locks = dict(request.session.get(SEED_LOCK_SESSION_KEY, {}))
+def seed_lock_store(session, op: Operation, seed: int | None) -> None:
+    """Keep `seed` for `op`'s next runs (None: a fresh random seed next time)."""
+    locks = dict(session.get(SEED_LOCK_SESSION_KEY, {}))
     if seed is None:
         locks.pop(op.key, None)
     else:
         locks[op.key] = seed
-    request.session[SEED_LOCK_SESSION_KEY] = locks
-
-
-def picked_templates(request, op: Operation) -> list:
-    slugs = request.POST.getlist("template")
-    if not slugs:
-        return []
-    return [t for t in selectors.templates_for_operation(op.key) if t.slug in slugs]
-
-
-def fill_from_templates(request, op: Operation, params: dict[str, Any]) -> dict[str, Any]:
-    """Without JavaScript nothing copies a picked card's prompt into the form: do it here."""
-    templates = picked_templates(request, op)
-    if templates and takes(op, "prompt") and not str(params.get("prompt") or "").strip():
-        return {**params, "prompt": templates[0].prompt}
-    return params
-
-
-def submission_runs(request, op: Operation, params: dict[str, Any]) -> tuple[list[tuple], dict[str, Any]]:
-    """The runs of one studio submission, and the values the re-shown form should have.
-
-    Picked template cards each give a run with the template's prompt, fixed seed
-    and parameters over the form's values; operations picked to compare with
-    each give a run with the same prompt and seed where they take them.
-    """
-    params = dict(params)
-    shown: dict[str, Any] = {}
-    if takes(op, "seed"):
-        if request.POST.get("seed_lock") == "1":
-            if params.get("seed") in (None, ""):
-                params["seed"] = templates_library.seed_pick()
-            _set_seed_lock(request, op, params["seed"])
-            shown = {"seed": params["seed"], "seed_lock": "1"}
-        else:
-            _set_seed_lock(request, op, None)
-            shown = {"seed": "", "seed_lock": ""}  # a fresh random seed next time
-
-    templates = picked_templates(request, op)
-    runs: list[tuple] = []
-    if takes(op, "template"):
-        params["template"] = ""  # the cards, not the field, say which templates run
-    for template in templates:
-        values = {**params, **template.run_params()}
-        if takes(op, "template"):
-            values["template"] = template.slug  # the adapter labels results with it
-        cleaned, errors = op.clean_params(values)
-        if errors:
-            raise ServiceError(f"The template “{template.name}” no longer fits: {' '.join(errors.values())}")
-        runs.append((op, cleaned, template))
-    if not runs:
-        runs.append((op, params))
-
-    first = runs[0][1]
-    wanted = set(request.POST.getlist("compare_with"))
-    for other in compare_candidates(op):
-        if other.key in wanted:
-            shared = {p.name: first[p.name] for p in other.params if p.name in first}
-            cleaned, _errors = other.clean_params(shared)
-            for name in _errors:  # a value out of this operation's range: use its default
-                cleaned[name] = other.param(name).default
-            runs.append((other, cleaned))
-    return runs, shown
+    session[SEED_LOCK_SESSION_KEY] = locks
 
 
 # --- Comparison page -------------------------------------------------------------

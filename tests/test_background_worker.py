@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from studio import segmentation
-from studio.models import Job, Photo, Result
+from studio.models import Photo, Result
 from tests import segmentation_truth as truth
 from tests.conftest import upload
 from tests.test_qcluster import _create_job, _decode

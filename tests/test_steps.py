@@ -8,7 +8,6 @@ makes a parked job's next step due, and sent, at once.
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
