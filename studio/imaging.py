@@ -457,11 +457,11 @@ def encode_jpeg(image: Image.Image, *, quality: int = JPEG_QUALITY) -> bytes:
     return buf.getvalue()
 
 
-def encode_png(image: Image.Image) -> bytes:
+def encode_png(image: Image.Image, *, compress_level: int = 6) -> bytes:
     """PNG with no metadata chunks (used for results that keep alpha)."""
     image = _without_metadata(image, ("RGB", "RGBA", "L", "LA"))
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 
@@ -486,7 +486,9 @@ def make_png_thumbnail(png: bytes, long_side: int = THUMB_LONG_SIDE) -> bytes:
     with Image.open(io.BytesIO(png), formats=["PNG"]) as im:
         image = im.convert("RGBA") if im.mode not in ("RGB", "RGBA") else im.copy()
     image.thumbnail((long_side, long_side), Image.Resampling.LANCZOS)
-    return encode_png(image)
+    # Light compression: a thumbnail is small anyway, and zlib's default level made
+    # this the costliest part of storing a PNG result (a profile of the step runner).
+    return encode_png(image, compress_level=1)
 
 
 # --------------------------------------------------------------------------

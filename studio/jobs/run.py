@@ -93,19 +93,28 @@ def job_claim_step(job_id, *, owner: str = "", due_only: bool = True) -> bool | 
     return None
 
 
-def job_park(job: Job, seconds: float) -> bool:
-    """End this step: the job waits for its vendor holding nothing, its next step due in `seconds`."""
+def job_park(job: Job, seconds: float, *, progress: Progress | None = None) -> bool:
+    """End this step: the job waits for its vendor holding nothing, its next step due in `seconds`.
+
+    The stage and fraction of `progress` are written in the same update (one write per poll).
+    """
     now = timezone.now()
     # Due one tick early: the runner finds it within a tick, so the step is sent no later than asked.
     seconds = max(0.0, seconds - settings.STUDIO_STEP_TICK_MS / 1000)
+    values: dict[str, Any] = {"step_due_at": now + timezone.timedelta(seconds=seconds), "heartbeat_at": now}
+    if progress is not None:
+        values["stage"] = (progress.stage or "Processing")[:80]
+        if progress.fraction is not None:
+            values["progress"] = max(0.0, min(1.0, float(progress.fraction)))
     parked = (
         Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts, step_due_at__isnull=True)
-        .update(step_due_at=now + timezone.timedelta(seconds=seconds), heartbeat_at=now)
+        .update(**values)
         == 1
     )
     # A webhook that came while this step ran found no parked job to wake: its
     # signal waits in wakeup, so take it now (after parking, or one could slip between).
-    if parked and wakeup.wait(job.pk, 0):
+    # Only a job that registered a webhook can have one.
+    if parked and (progress is None or progress.webhook) and wakeup.wait(job.pk, 0):
         from studio.jobs import steps
 
         steps.job_wake(job.pk)
@@ -264,11 +273,10 @@ def _run_claimed(job: Job, *, resumed: bool = True) -> str | None:
         if time.time() > deadline:
             raise VendorError(TIMED_OUT, permanent=True)
         progress = provider.poll(job_input, job.vendor_task_id)
-        job_report(job.pk, progress.stage or "Processing", progress.fraction)
     if not progress.finished:
         if time.time() > deadline:
             raise VendorError(TIMED_OUT, permanent=True)
-        if job_park(job, _pause_before_poll(progress, deadline)):
+        if job_park(job, _pause_before_poll(progress, deadline), progress=progress):
             return PARKED
         return None  # ended meanwhile (the sweeper): nothing more to do
     job_report(job.pk, "Saving results", 0.97)

@@ -73,6 +73,13 @@ def slow_providers() -> tuple[str, ...]:
     return tuple(key for key in PROVIDERS if get_provider(key).slow_calls)
 
 
+@functools.cache
+def expiring_providers() -> tuple[str, ...]:
+    from studio.vendors.base import PROVIDERS, get_provider
+
+    return tuple(key for key in PROVIDERS if get_provider(key).polls_expire)
+
+
 def due_job_ids(limit: int, *, slow: bool | None = None, now=None) -> list:
     """Jobs whose next step is due; `slow` picks the slow-call providers' (or the others)."""
     due = Job.objects.filter(
@@ -83,10 +90,15 @@ def due_job_ids(limit: int, *, slow: bool | None = None, now=None) -> list:
         if slow and not slow_keys:
             return []
         due = due.filter(provider__in=slow_keys) if slow else due.exclude(provider__in=slow_keys)
-    # Runs in progress first (a poll, a download), then new runs (a submit): a poll that
-    # waits behind a wave of submits can break Perfect Corp's 10-second rule and lose a task.
-    in_progress_first = Case(When(status=Job.Status.RUNNING, then=Value(0)), default=Value(1))
-    return list(due.order_by(in_progress_first, "step_due_at").values_list("pk", flat=True)[:limit])
+    # Polls that expire first (Perfect Corp's 10-second rule), then the other steps of runs
+    # in progress (a poll, a download), then new runs (a submit): a poll that waits behind a
+    # wave of submits can break the rule and lose a task.
+    urgency = Case(
+        When(status=Job.Status.RUNNING, provider__in=expiring_providers(), then=Value(0)),
+        When(status=Job.Status.RUNNING, then=Value(1)),
+        default=Value(2),
+    )
+    return list(due.order_by(urgency, "step_due_at").values_list("pk", flat=True)[:limit])
 
 
 class Stepper:

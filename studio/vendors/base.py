@@ -130,6 +130,9 @@ class Provider(ABC):
     # True when a call may hold its connection for minutes (a synchronous API):
     # the step runner gives such calls threads of their own (studio/jobs/steps.py).
     slow_calls: bool = False
+    # True when the vendor drops a task not polled often enough (Perfect Corp's
+    # 10-second rule): the step runner sends such polls before all others.
+    polls_expire: bool = False
     # Shown before submit: where the photo goes and how long it is kept there.
     data_notice: str = ""
     # Shown on the privacy page: whether we can have the vendor delete its copies, and how.

@@ -228,6 +228,7 @@ class Prepared:
 
 class PerfectCorpProvider(RemoteProvider):
     key = "perfectcorp"
+    polls_expire = True  # v1.0: a task not polled for 10 s is lost; v2 warns an unpolled task may expire
     label = "Perfect Corp"
     api_key_setting = "PERFECTCORP_API_KEY"
     webhook_secret_setting = "PERFECTCORP_WEBHOOK_SECRET"
