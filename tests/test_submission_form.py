@@ -14,7 +14,7 @@ from django.http import Http404, QueryDict
 from django.utils.datastructures import MultiValueDict
 from PIL import Image
 
-from studio import services
+from studio.photos import photo_create
 from studio.operations import OPERATIONS
 from studio.ownership import Owner
 from studio.submission import ParamField, Submission, SubmissionForm
@@ -26,7 +26,7 @@ OWNER = Owner(visitor_id="visitor-submission-form")
 
 @pytest.fixture
 def photo(portrait_jpeg):
-    return services.photo_create(owner=OWNER, data=portrait_jpeg, filename="selfie.jpg")
+    return photo_create(owner=OWNER, data=portrait_jpeg, filename="selfie.jpg")
 
 
 def post(pairs: list[tuple[str, str]]) -> QueryDict:
@@ -113,7 +113,7 @@ def test_a_missing_reference_photo_is_reported_on_the_reference_field(photo):
 
 
 def test_a_kept_reference_photo_is_used(photo, portrait_jpeg):
-    reference = services.photo_create(owner=OWNER, data=portrait_jpeg, filename="look.jpg")
+    reference = photo_create(owner=OWNER, data=portrait_jpeg, filename="look.jpg")
     form = form_for(
         [("operation", "pc_makeup_transfer"), ("photo", str(photo.pk)), ("reference_photo", str(reference.pk))]
     )
