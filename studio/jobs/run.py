@@ -51,17 +51,19 @@ def job_claim(job_id) -> bool:
         # A parked job (waiting for its vendor, between two steps) beats no heartbeat and is no orphan.
         | Q(status=Job.Status.RUNNING, heartbeat_at__lt=stale_before, step_due_at__isnull=True)
     )
-    return (
-        claimable.update(
-            status=Job.Status.RUNNING,
-            started_at=now,
-            heartbeat_at=now,
-            attempts=F("attempts") + 1,
-            stage="Starting",
-            step_due_at=None,
-        )
-        == 1
-    )
+    return claimable.update(**_new_run(now)) == 1
+
+
+def _new_run(now) -> dict[str, Any]:
+    """The fields a claim sets when it starts a run (a first run, or one resuming a dead one's)."""
+    return {
+        "status": Job.Status.RUNNING,
+        "started_at": now,
+        "heartbeat_at": now,
+        "attempts": F("attempts") + 1,
+        "stage": "Starting",
+        "step_due_at": None,
+    }
 
 
 def job_claim_step(job_id, *, owner: str = "", due_only: bool = True) -> bool | None:
@@ -77,16 +79,7 @@ def job_claim_step(job_id, *, owner: str = "", due_only: bool = True) -> bool | 
     due = Job.objects.filter(pk=job_id, step_due_at__isnull=False)
     if due_only:
         due = due.filter(step_due_at__lte=now)
-    started = due.filter(status=Job.Status.QUEUED).update(
-        status=Job.Status.RUNNING,
-        started_at=now,
-        heartbeat_at=now,
-        attempts=F("attempts") + 1,
-        stage="Starting",
-        step_due_at=None,
-        step_owner=owner,
-    )
-    if started:
+    if due.filter(status=Job.Status.QUEUED).update(**_new_run(now), step_owner=owner):
         return True
     if due.filter(status=Job.Status.RUNNING).update(step_due_at=None, heartbeat_at=now, step_owner=owner):
         return False
@@ -187,23 +180,19 @@ def job_run(job_id) -> str:
     if not job_claim(job_id):
         log.info("job %s already claimed or finished; skipping", job_id)
         return SKIPPED
-    outcome = _step(job_id, first=True)
+    outcome = job_step(job_id, first=True)
     while outcome == PARKED:
         due = Job.objects.filter(pk=job_id).values_list("step_due_at", flat=True).first()
         if due is not None:
             wakeup.wait(job_id, (due - timezone.now()).total_seconds())
         if job_claim_step(job_id, due_only=False) is not False:
             break  # ended meanwhile (the sweeper), or a step runner took the step
-        outcome = _step(job_id, first=False)
+        outcome = job_step(job_id, first=False)
     return RAN
 
 
 def job_step(job_id, *, first: bool) -> str | None:
-    """One step that studio.jobs.steps claimed: the start (or resumption) of a run, a poll, or the download."""
-    return _step(job_id, first=first)
-
-
-def _step(job_id, *, first: bool) -> str | None:
+    """One claimed step: the start (or resumption) of a run, a poll, or the download."""
     job = Job.objects.select_related("photo", "photo__source_result__job", "reference_photo").get(pk=job_id)
     # "claimed" once per run (the exactly-once test counts these lines), "step" for each later step.
     log.info("job %s %s (attempt %s)", job.pk, "claimed" if first else "step", job.attempts)

@@ -67,17 +67,11 @@ def job_wake(job_id) -> bool:
 
 
 @functools.cache
-def slow_providers() -> tuple[str, ...]:
+def providers_with(flag: str) -> tuple[str, ...]:
+    """Keys of the providers whose `flag` (slow_calls, polls_expire) is set."""
     from studio.vendors.base import PROVIDERS, get_provider
 
-    return tuple(key for key in PROVIDERS if get_provider(key).slow_calls)
-
-
-@functools.cache
-def expiring_providers() -> tuple[str, ...]:
-    from studio.vendors.base import PROVIDERS, get_provider
-
-    return tuple(key for key in PROVIDERS if get_provider(key).polls_expire)
+    return tuple(key for key in PROVIDERS if getattr(get_provider(key), flag))
 
 
 def due_job_ids(limit: int, *, slow: bool | None = None, now=None) -> list:
@@ -86,7 +80,7 @@ def due_job_ids(limit: int, *, slow: bool | None = None, now=None) -> list:
         status__in=(Job.Status.QUEUED, Job.Status.RUNNING), step_due_at__lte=now or timezone.now()
     )
     if slow is not None:
-        slow_keys = slow_providers()
+        slow_keys = providers_with("slow_calls")
         if slow and not slow_keys:
             return []
         due = due.filter(provider__in=slow_keys) if slow else due.exclude(provider__in=slow_keys)
@@ -94,7 +88,7 @@ def due_job_ids(limit: int, *, slow: bool | None = None, now=None) -> list:
     # in progress (a poll, a download), then new runs (a submit): a poll that waits behind a
     # wave of submits can break the rule and lose a task.
     urgency = Case(
-        When(status=Job.Status.RUNNING, provider__in=expiring_providers(), then=Value(0)),
+        When(status=Job.Status.RUNNING, provider__in=providers_with("polls_expire"), then=Value(0)),
         When(status=Job.Status.RUNNING, then=Value(1)),
         default=Value(2),
     )
