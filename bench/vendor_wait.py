@@ -23,7 +23,8 @@ once (submitted at the vendor and not yet stored), peak RSS and PSS summed over
 every process of the clusters (PSS counts memory shared by forked processes
 once), and the retouch's times.
 
-Run: .venv/bin/python -m bench.vendor_wait [--jobs 500] [--workers 4] [--cpu-workers 2] [--cap 300] [--baseline-rev aed4f61]
+Run: .venv/bin/python -m bench.vendor_wait [--jobs 500] [--workers 4] [--cpu-workers 2] [--cap 300]
+         [--baseline-rev aed4f61] [--webhooks] [--scaled]
 """
 
 from __future__ import annotations
@@ -101,8 +102,12 @@ def _cheap_pictures() -> None:
     pc_emulator._decode = functools.lru_cache(maxsize=8)(pc_emulator._decode)
     pc_pictures = types.SimpleNamespace(**vars(pc_emulator.pictures))
     pc_pictures.colorize = by_identity(pc_emulator.pictures.colorize)
+    pc_pictures.encode = by_identity(pc_emulator.pictures.encode)  # the same picture, encoded once
     pc_emulator.pictures = pc_pictures
     ws_pictures = types.SimpleNamespace(**vars(ws_emulator.pictures))
+    # WaveSpeed's emulator PNG-encodes each result: a profile of this benchmark found that,
+    # done per job in this process, took more of the machine than the runner under test.
+    ws_pictures.encode = by_identity(ws_emulator.pictures.encode)
     original_edit = ws_emulator.pictures.portrait_edit
     edit = by_identity(lambda image, prompt: original_edit(image, prompt=prompt, seed=1))
     ws_pictures.portrait_edit = lambda image, *, prompt, seed: edit(image, prompt)
@@ -111,7 +116,33 @@ def _cheap_pictures() -> None:
     ws_emulator.imaging = types.SimpleNamespace(**{**vars(ws_emulator.imaging), "load_image": load})
 
 
-def _emulators():
+class _Accepted(dict):
+    """An emulator's task table that remembers when the vendor accepted each task (by its id),
+    even after the emulator forgets the task: the vendor's side of each job's timeline."""
+
+    def __init__(self, accepted: dict):
+        super().__init__()
+        self.accepted = accepted
+
+    def __setitem__(self, task_id, task):
+        self.accepted.setdefault(task_id, time.time())
+        super().__setitem__(task_id, task)
+
+
+def _record_finish(emulator, finished: dict) -> None:
+    """Note when the emulator has made a task's results (the end of the vendor's own work)."""
+    finish = emulator._finish
+
+    def recorded(task, *args, **kwargs):
+        try:
+            return finish(task, *args, **kwargs)
+        finally:
+            finished.setdefault(task.id, time.time())
+
+    emulator._finish = recorded
+
+
+def _emulators(accepted: dict, finished: dict, webhook_base: str = ""):
     from studio.vendors.emulators.host import EmulatorHost
     from studio.vendors.emulators.perfectcorp import PerfectCorpEmulator
     from studio.vendors.emulators.wavespeed import WaveSpeedEmulator
@@ -121,15 +152,33 @@ def _emulators():
     pc.rate_per_token = pc.rate_per_ip = (10_000_000, 60.0)
     if hasattr(pc, "rate_v2"):
         pc.rate_v2 = (10_000_000, 300.0)
+    if webhook_base:  # v2 tasks' ends are POSTed to the site (WaveSpeed takes its URL from each submit)
+        pc.webhook_url = f"{webhook_base}/webhooks/perfectcorp/"
     ws = WaveSpeedEmulator(rate_per_minute=10_000_000, concurrency=100_000, stage_seconds=WS_STAGE_S)
+    pc.tasks, ws.tasks = _Accepted(accepted), _Accepted(accepted)
+    if webhook_base:
+        # With webhooks the emulators finish tasks on their own threads, when the engine time
+        # is up; without, a task finishes when a poll finds its time up (that wait is ours).
+        _record_finish(pc, finished)
+        _record_finish(ws, finished)
     return EmulatorHost({"perfectcorp": pc, "wavespeed": ws})
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class Runner:
     """One runner's site: its tree, data directory and clusters."""
 
-    def __init__(self, label: str, tree: Path, *, workers: int, step_runner: bool, sandbox_url: str, scaled: bool):
+    def __init__(self, label: str, tree: Path, *, workers: int, step_runner: bool, sandbox_url: str, scaled: bool,
+                 web_port: int = 0):
         self.label, self.tree, self.step_runner, self.scaled = label, tree, step_runner, scaled
+        self.web_port = web_port
         self.data_dir = Path(tempfile.mkdtemp(prefix=f"studio-bench-{label}-"))
         (self.data_dir / "secret").write_text(secrets.token_urlsafe(50))
         inherited = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DJANGO_SETTINGS_MODULE")}
@@ -152,12 +201,15 @@ class Runner:
             "PERFECTCORP_RATE_PER_IP": "10000000",
             "PERFECTCORP_V2_RATE_LIMIT": "10000000",
             "STUDIO_JOB_DEADLINE_SECONDS": "3600",
-            # No web server runs here to receive webhooks: every job polls (the harder case).
-            "WAVESPEED_WEBHOOKS": "0",
-            "PERFECTCORP_WEBHOOKS": "0",
+            # Without a web server to receive webhooks every job polls; with one (--webhooks),
+            # WaveSpeed and Perfect Corp v2 (its webhooks are v2's) call back when a task ends.
+            "WAVESPEED_WEBHOOKS": "1" if web_port else "0",
+            "PERFECTCORP_WEBHOOKS": "1" if web_port else "0",
             "STUDIO_MAX_CONCURRENT_JOBS": "100000",
             "STUDIO_JOBS_PER_HOUR": "100000",
         }
+        if web_port:
+            self.env.update(STUDIO_PUBLIC_URL=f"http://127.0.0.1:{web_port}", PERFECTCORP_API_VERSION="v2")
         if scaled:
             # The scaled configuration on this machine: PostgreSQL (a database of this run's own)
             # and Redis (broker and cache, under a prefix of this run's own); media stays on disk.
@@ -166,7 +218,8 @@ class Runner:
             _postgres(f'CREATE DATABASE "{run}"')
             self.env.update(DATABASE_URL=f"{PG_URL}/{run}", REDIS_URL=REDIS_URL, CACHE_KEY_PREFIX=run,
                             STUDIO_QUEUE_NAME=run)
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen] = []  # the workers (their memory is measured)
+        self.web: subprocess.Popen | None = None
         self.logs: list = []
 
     def manage(self, *args: str, capture=False) -> str:
@@ -181,9 +234,19 @@ class Runner:
             log = open(self.data_dir / f"qcluster{suffix}.log", "ab")
             self.logs.append(log)
             self.procs.append(subprocess.Popen(
-                [sys.executable, "manage.py", "qcluster"], cwd=self.tree, env={**self.env, **extra, "LOG_LEVEL": "INFO"},
+                [sys.executable, "manage.py", "qcluster"], cwd=self.tree,
+                env={**self.env, **extra, "LOG_LEVEL": "INFO"},
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             ))
+        if self.web_port:  # the web server the vendors' webhooks reach, as runstudio starts it
+            log = open(self.data_dir / "web.log", "ab")
+            self.logs.append(log)
+            self.web = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "portraitstudio.wsgi:application", "--bind",
+                 f"127.0.0.1:{self.web_port}", "--workers", "2", "--threads", "4", "--log-level", "warning"],
+                cwd=self.tree, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         if self.step_runner:  # and the step runner: vendor jobs' steps
             log = open(self.data_dir / "qcluster-steps.log", "ab")
             self.logs.append(log)
@@ -222,6 +285,19 @@ class Runner:
                             pss += int(line.split()[1])
         return rss / 1024, pss / 1024
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) spent so far by the step runner, the cluster and the web server."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        spent: dict[str, float] = {}
+        for name, proc in [*(("step runner" if "runsteps" in " ".join(p.args) else "cluster", p) for p in self.procs),
+                           *([("web", self.web)] if self.web else [])]:
+            out = subprocess.run(["ps", "-o", "pid=", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+            for pid in out.split():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    spent[name] = spent.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+        return spent
+
     def rows(self, ids: list[str]) -> dict[str, tuple]:
         columns = "id, status, operation, created_at, started_at, finished_at, vendor_task_id, error_message"
         if self.scaled:
@@ -241,10 +317,10 @@ class Runner:
         return {row[0]: row[1:] for row in found}
 
     def stop(self) -> None:
-        for proc in self.procs:
+        for proc in self.procs + ([self.web] if self.web else []):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
+        for proc in self.procs + ([self.web] if self.web else []):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(15)
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -283,7 +359,11 @@ def _when(value) -> float | None:
     return datetime.fromisoformat(value).timestamp() if value else None
 
 
-def measure(runner: Runner, jobs: int, cap: float) -> dict:
+def _p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[18] if len(values) >= 2 else values[0]
+
+
+def measure(runner: Runner, jobs: int, cap: float, accepted: dict, finished_at: dict) -> dict:
     kinds = ["pc_colorize" if i % 2 == 0 else "ws_portrait" for i in range(jobs)]
     runner.start()
     peak = [runner.memory_mb()]
@@ -297,6 +377,7 @@ def measure(runner: Runner, jobs: int, cap: float) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     began = time.time()
+    cpu_before, own_before = runner.cpu_seconds(), os.times()
     ids = runner.create(kinds)
     in_flight_peak, retouch_id = 0, None
     while time.time() - began < cap:
@@ -313,6 +394,10 @@ def measure(runner: Runner, jobs: int, cap: float) -> dict:
         time.sleep(0.5)
     stop.set()
     sampler.join()
+    # Where the machine's CPU went during the run (the emulators answer in this process).
+    cpu = {k: v - cpu_before.get(k, 0.0) for k, v in runner.cpu_seconds().items()}
+    own = os.times()
+    cpu["emulators (this process)"] = own.user + own.system - own_before.user - own_before.system
     rows = runner.rows(ids)
     retouch = runner.rows([retouch_id]).get(retouch_id.replace("-", "")) if retouch_id else None
     runner.stop()
@@ -324,6 +409,14 @@ def measure(runner: Runner, jobs: int, cap: float) -> dict:
     first = min((_when(r[2]) for r in rows.values()), default=began)
     last = max((_when(r[4]) for r in finished), default=first)
     q = statistics.quantiles(spans, n=20) if len(spans) >= 2 else [float("nan")] * 19
+    # The vendor's side (its own record of when it accepted each task): how long a job waited
+    # to be sent, and how long after the vendor's work ended its results were stored.
+    timed = [r for r in finished if r[5] in accepted]
+    to_vendor = sorted(accepted[r[5]] - _when(r[2]) for r in timed)
+    # The vendor is done when its engine time is up, or (webhooks) when it has made the
+    # pictures, if that took longer: making them is the vendor's work, not the runner's.
+    vendor_done = {r[5]: max(accepted[r[5]] + VENDOR_SECONDS[r[1]], finished_at.get(r[5], 0.0)) for r in timed}
+    after_vendor = sorted(_when(r[4]) - vendor_done[r[5]] for r in timed)
     result = {
         "runner": runner.label,
         "sent": len(ids),
@@ -342,9 +435,15 @@ def measure(runner: Runner, jobs: int, cap: float) -> dict:
         "queued_p50_s": round(statistics.median(_when(r[3]) - _when(r[2]) for r in finished), 2) if finished else None,
         "claimed_to_stored_p50_s": round(statistics.median(_when(r[4]) - _when(r[3]) for r in finished), 2)
         if finished else None,
+        "vendor_timed": len(timed),
+        "created_to_vendor_p50_s": round(statistics.median(to_vendor), 2) if to_vendor else None,
+        "after_vendor_p50_ms": round(statistics.median(after_vendor) * 1000) if after_vendor else None,
+        "after_vendor_p95_ms": round(_p95(after_vendor) * 1000) if after_vendor else None,
         "in_flight_peak": in_flight_peak,
         "peak_rss_mb": round(max(r for r, _ in peak)),
         "peak_pss_mb": round(max(p for _, p in peak)),
+        "cpu_s": {k: round(v, 1) for k, v in cpu.items()},
+        "wall_s": round(last - first, 1),
         "errors": dict(Counter(r[6][:80] for r in rows.values() if r[0] == "failed")),
     }
     if retouch and retouch[0] == "succeeded":
@@ -364,6 +463,8 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=300.0, help="seconds each runner gets at most")
     parser.add_argument("--baseline-rev", default="aed4f61")
     parser.add_argument("--only", choices=("new", "baseline"), default=None)
+    parser.add_argument("--webhooks", action="store_true",
+                        help="run each site's web server so the vendors call back (Perfect Corp on v2), not polling")
     parser.add_argument("--scaled", action="store_true",
                         help="PostgreSQL and Redis on 127.0.0.1 instead of SQLite and the ORM broker")
     args = parser.parse_args()
@@ -381,20 +482,30 @@ def main() -> None:
         for label, tree, two in (("new", BASE_DIR, True), ("baseline", baseline_tree, False)):
             if args.only and args.only != label:
                 continue
-            with _emulators().serve() as url:
+            accepted: dict = {}  # vendor task id → when the vendor accepted it
+            vendor_finished: dict = {}  # vendor task id → when the emulator had made its results
+            web_port = _free_port() if args.webhooks else 0
+            host = _emulators(accepted, vendor_finished, f"http://127.0.0.1:{web_port}" if web_port else "")
+            with host.serve() as url:
                 workers = args.cpu_workers if label == "new" else args.workers
-                runner = Runner(label, tree, workers=workers, step_runner=two, sandbox_url=url, scaled=args.scaled)
+                runner = Runner(label, tree, workers=workers, step_runner=two, sandbox_url=url, scaled=args.scaled,
+                                web_port=web_port)
                 try:
-                    results.append(measure(runner, args.jobs, args.cap))
+                    results.append(measure(runner, args.jobs, args.cap, accepted, vendor_finished))
+                    results[-1]["webhooks_delivered"] = sum(
+                        e.counters.get("webhooks_delivered", 0) for e in host.emulators.values()
+                    )
                 finally:
                     with contextlib.suppress(Exception):
                         runner.stop()
             print(json.dumps(results[-1]), flush=True)
     finally:
         shutil.rmtree(baseline_tree, ignore_errors=True)
-    print(f"\n{args.jobs} vendor jobs (half Perfect Corp 8 s, half WaveSpeed 3 s), Q_CPU_WORKERS new={args.cpu_workers}, Q_WORKERS "
-          f"baseline={args.workers}, "
-          f"cap {args.cap:.0f} s, {os.cpu_count()} cores, {'PostgreSQL + Redis' if args.scaled else 'SQLite + ORM broker'}")
+    backend = "PostgreSQL + Redis" if args.scaled else "SQLite + ORM broker"
+    print(f"\n{args.jobs} vendor jobs (half Perfect Corp 8 s, half WaveSpeed 3 s), "
+          f"Q_CPU_WORKERS new={args.cpu_workers}, Q_WORKERS baseline={args.workers}, "
+          f"cap {args.cap:.0f} s, {os.cpu_count()} cores, {backend}, "
+          f"{'webhooks (Perfect Corp v2)' if args.webhooks else 'polling, no webhooks (Perfect Corp v1.0)'}")
     columns = list(results[0]) if results else []
     for row in results:
         print("  ".join(f"{k}={row.get(k)}" for k in columns))

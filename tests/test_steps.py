@@ -231,3 +231,51 @@ def test_a_vendor_job_goes_to_the_step_runner_not_the_broker(settings, monkeypat
     local.refresh_from_db()
     assert local.step_due_at is None and str(local.pk) in recovery.waiting_job_ids()
     sandbox.reset()
+
+
+def test_a_webhook_rings_every_step_runner_so_none_waits_for_its_tick():
+    """The doorbell (Unix sockets on one machine, Redis publish when scaled) reaches each runner."""
+    import threading
+
+    from studio.jobs import doorbell
+
+    rung = [threading.Event(), threading.Event()]
+    # Two runner processes (on one machine each has a socket of its own, named by its pid).
+    listeners = [doorbell.Listener(on_ring=event.set, name=f"test-{n}") for n, event in enumerate(rung)]
+    try:
+        assert all(listener.start() for listener in listeners)
+        time.sleep(0.2)  # a Redis subscription is confirmed asynchronously
+        job = _parked_wavespeed_job(300)
+        assert not any(event.is_set() for event in rung)
+
+        assert webhooks.wavespeed_delivery(webhooks.wavespeed_token(job.pk)) is True
+        assert all(event.wait(5) for event in rung)
+
+        # A webhook for a job that is not parked wakes no step and rings no one.
+        for event in rung:
+            event.clear()
+        Job.objects.filter(pk=job.pk).update(step_due_at=None)
+        assert steps.job_wake(job.pk) is False
+        time.sleep(0.3)
+        assert not any(event.is_set() for event in rung)
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+def test_a_ring_removes_the_socket_of_a_runner_that_is_gone(settings):
+    import socket
+
+    from studio.jobs import doorbell
+
+    if settings.REDIS_URL:
+        pytest.skip("scaled: the doorbell is a Redis channel, with no sockets")
+    directory = doorbell._socket_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    gone = directory / "steps-999999999.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dead:
+        dead.bind(str(gone))  # bound, then closed: the file stays, nobody listens
+    assert gone.exists()
+    doorbell.ring()
+    assert not gone.exists()
+

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from studio import costs
 from studio.errors import OperationUnavailable, ServiceError
+from studio.jobs import doorbell
 from studio.models import Job, Photo
 from studio.operations import Operation
 from studio.ownership import Owner
@@ -144,6 +145,7 @@ def enqueue_job(job_id, *, group: str = "jobs") -> None:
     provider = Job.objects.filter(pk=job_id).values_list("provider", flat=True).first()
     if provider and not get_provider(provider).runs_locally and not Conf.SYNC:
         Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(step_due_at=timezone.now())
+        transaction.on_commit(doorbell.ring)  # a runner submits it now, not at its next tick
         return
     async_task(
         "studio.tasks.run_job",

@@ -42,11 +42,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, transaction
 from django.db.models import Case, Value, When
 from django.utils import timezone
 
-from studio.jobs import run
+from studio.jobs import doorbell, run
 from studio.models import Job
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,10 @@ def job_wake(job_id) -> bool:
 
     A job whose step is running now is not parked: job_park finds the wake-up signal.
     """
-    return _parked().filter(pk=job_id).update(step_due_at=timezone.now()) == 1
+    woken = _parked().filter(pk=job_id).update(step_due_at=timezone.now()) == 1
+    if woken:
+        transaction.on_commit(doorbell.ring)  # the runners look now, not at their next tick
+    return woken
 
 
 @functools.cache
@@ -260,6 +263,9 @@ def _child(at_once: int, slow_at_once: int, owner: str) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides
+    # A webhook or a new job rings: look at once instead of at the next tick.
+    bell = doorbell.Listener(on_ring=stepper.freed.set)
+    bell.start()
     every = settings.STUDIO_STEP_TICK_MS / 1000
     while not stopping.is_set():
         stepper.freed.clear()
@@ -268,9 +274,10 @@ def _child(at_once: int, slow_at_once: int, owner: str) -> None:
             stepper.tick()
         except Exception:  # a database hiccup must not end the runner
             log.exception("running due job steps failed")
-        # A tick, or less when a step ends (its thread can take a due step at once),
-        # but never more than 50 looks a second.
+        # A tick, or less when a step ends (its thread can take a due step at once)
+        # or the doorbell rings, but never more than 50 looks a second.
         stepper.freed.wait(every)
         time.sleep(0.02)
+    bell.close()
     stepper.shutdown()
     connection.close()
