@@ -63,9 +63,13 @@ from studio.ownership import Owner
 from tests import images
 owner = Owner(visitor_id="bench-vendor-wait")
 photo = photo_create(owner=owner, data=images.to_bytes(images.astronaut(), "JPEG", quality=90))
-kinds = sys.argv[-1].split(",")
+import time
+kinds, rate = sys.argv[-1].split(","), RATE
+began = time.time()
 ids = []
-for kind in kinds:
+for n, kind in enumerate(kinds):
+    if rate:  # a steady stream of jobs instead of all at once
+        time.sleep(max(0.0, began + n / rate - time.time()))
     op = get_operation(kind)
     params, errors = op.clean_params({})
     assert not errors, errors
@@ -263,9 +267,24 @@ class Runner:
     def log(self) -> str:
         return "".join(p.read_text(errors="replace") for p in self.data_dir.glob("qcluster*.log"))
 
-    def create(self, kinds: list[str]) -> list[str]:
-        out = self.manage("shell", "-c", CREATE.replace("sys.argv[-1]", repr(",".join(kinds))), capture=True)
-        return json.loads(out.split("IDS ", 1)[1].strip())
+    def create(self, kinds: list[str], rate: float = 0.0) -> list[str]:
+        """Create the jobs (at `rate` a second, or all at once) and return their ids."""
+        return self.create_in_background(kinds, rate)()
+
+    def create_in_background(self, kinds: list[str], rate: float = 0.0):
+        """Start creating the jobs; the returned function waits for their ids."""
+        script = CREATE.replace("sys.argv[-1]", repr(",".join(kinds))).replace("RATE", repr(float(rate)))
+        creator = subprocess.Popen([sys.executable, "manage.py", "shell", "-c", script], cwd=self.tree, env=self.env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def ids() -> list[str]:
+            out, err = creator.communicate()
+            if creator.returncode:
+                raise RuntimeError(f"creating jobs failed:\n{err}")
+            return json.loads(out.split("IDS ", 1)[1].strip())
+
+        ids.done = lambda: creator.poll() is not None
+        return ids
 
     def memory_mb(self) -> tuple[float, float]:
         """(RSS, PSS) summed over every process of the clusters (and the step runner with its steps).
@@ -298,20 +317,29 @@ class Runner:
                     spent[name] = spent.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
         return spent
 
-    def rows(self, ids: list[str]) -> dict[str, tuple]:
+    def rows(self, ids: list[str] | None = None) -> dict[str, tuple]:
+        """The jobs of `ids`, or (None) every vendor job of the load."""
         columns = "id, status, operation, created_at, started_at, finished_at, vendor_task_id, error_message"
+        kinds = list(VENDOR_SECONDS)
         if self.scaled:
             import psycopg
 
             with psycopg.connect(f"{PG_URL}/{self.pg_name}") as db:
-                found = db.execute(f"SELECT {columns} FROM studio_job WHERE id = ANY(%s::uuid[])", [ids]).fetchall()
-            return {str(row[0]).replace("-", ""): row[1:] for row in found}
+                if ids is None:
+                    found = db.execute(f"SELECT {columns} FROM studio_job WHERE operation = ANY(%s)", [kinds])
+                else:
+                    found = db.execute(f"SELECT {columns} FROM studio_job WHERE id = ANY(%s::uuid[])", [ids])
+                return {str(row[0]).replace("-", ""): row[1:] for row in found.fetchall()}
         db = sqlite3.connect(self.data_dir / "studio.sqlite3", timeout=30)
         try:
-            marks = ",".join("?" * len(ids))
-            found = db.execute(
-                f"SELECT {columns} FROM studio_job WHERE id IN ({marks})", [i.replace("-", "") for i in ids]
-            ).fetchall()
+            if ids is None:
+                marks = ",".join("?" * len(kinds))
+                found = db.execute(f"SELECT {columns} FROM studio_job WHERE operation IN ({marks})", kinds).fetchall()
+            else:
+                marks = ",".join("?" * len(ids))
+                found = db.execute(
+                    f"SELECT {columns} FROM studio_job WHERE id IN ({marks})", [i.replace("-", "") for i in ids]
+                ).fetchall()
         finally:
             db.close()
         return {row[0]: row[1:] for row in found}
@@ -363,7 +391,7 @@ def _p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20)[18] if len(values) >= 2 else values[0]
 
 
-def measure(runner: Runner, jobs: int, cap: float, accepted: dict, finished_at: dict) -> dict:
+def measure(runner: Runner, jobs: int, cap: float, accepted: dict, finished_at: dict, rate: float = 0.0) -> dict:
     kinds = ["pc_colorize" if i % 2 == 0 else "ws_portrait" for i in range(jobs)]
     runner.start()
     peak = [runner.memory_mb()]
@@ -378,20 +406,21 @@ def measure(runner: Runner, jobs: int, cap: float, accepted: dict, finished_at: 
     sampler.start()
     began = time.time()
     cpu_before, own_before = runner.cpu_seconds(), os.times()
-    ids = runner.create(kinds)
+    created = runner.create_in_background(kinds, rate)
     in_flight_peak, retouch_id = 0, None
     while time.time() - began < cap:
-        rows = runner.rows(ids)
+        rows = runner.rows()
         done = sum(1 for r in rows.values() if r[0] in ("succeeded", "failed"))
         in_flight = sum(1 for r in rows.values() if r[0] == "running" and r[5])
         in_flight_peak = max(in_flight_peak, in_flight)
-        if retouch_id is None and (in_flight >= jobs // 2 or time.time() - began > 30):
+        if retouch_id is None and (in_flight >= jobs // 2 or time.time() - began > 10):
             (retouch_id,) = runner.create(["studio_retouch"])
-        if done == len(ids) and retouch_id and runner.rows([retouch_id]).get(retouch_id.replace("-", ""), ("",))[0] in (
+        if done == jobs and retouch_id and runner.rows([retouch_id]).get(retouch_id.replace("-", ""), ("",))[0] in (
             "succeeded", "failed"
         ):
             break
-        time.sleep(0.5)
+        time.sleep(0.25)
+    ids = created()
     stop.set()
     sampler.join()
     # Where the machine's CPU went during the run (the emulators answer in this process).
@@ -463,6 +492,8 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=300.0, help="seconds each runner gets at most")
     parser.add_argument("--baseline-rev", default="aed4f61")
     parser.add_argument("--only", choices=("new", "baseline"), default=None)
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="create the jobs at this many a second (default: all at once)")
     parser.add_argument("--webhooks", action="store_true",
                         help="run each site's web server so the vendors call back (Perfect Corp on v2), not polling")
     parser.add_argument("--scaled", action="store_true",
@@ -491,7 +522,7 @@ def main() -> None:
                 runner = Runner(label, tree, workers=workers, step_runner=two, sandbox_url=url, scaled=args.scaled,
                                 web_port=web_port)
                 try:
-                    results.append(measure(runner, args.jobs, args.cap, accepted, vendor_finished))
+                    results.append(measure(runner, args.jobs, args.cap, accepted, vendor_finished, args.rate))
                     results[-1]["webhooks_delivered"] = sum(
                         e.counters.get("webhooks_delivered", 0) for e in host.emulators.values()
                     )
@@ -502,7 +533,8 @@ def main() -> None:
     finally:
         shutil.rmtree(baseline_tree, ignore_errors=True)
     backend = "PostgreSQL + Redis" if args.scaled else "SQLite + ORM broker"
-    print(f"\n{args.jobs} vendor jobs (half Perfect Corp 8 s, half WaveSpeed 3 s), "
+    arrival = f"{args.rate:g} a second" if args.rate else "all at once"
+    print(f"\n{args.jobs} vendor jobs (half Perfect Corp 8 s, half WaveSpeed 3 s) created {arrival}, "
           f"Q_CPU_WORKERS new={args.cpu_workers}, Q_WORKERS baseline={args.workers}, "
           f"cap {args.cap:.0f} s, {os.cpu_count()} cores, {backend}, "
           f"{'webhooks (Perfect Corp v2)' if args.webhooks else 'polling, no webhooks (Perfect Corp v1.0)'}")

@@ -95,10 +95,14 @@ try:
     _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0))
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a database URL Django understands: {exc}") from exc
-if _db["ENGINE"] == "django.db.backends.sqlite3":
+_sqlite = _db["ENGINE"] == "django.db.backends.sqlite3"
+if _sqlite:
     # Several web and worker processes share one file. WAL lets readers run
     # beside the writer; IMMEDIATE takes the write lock at BEGIN, so a
     # read-then-write transaction waits instead of failing "database is locked".
+    # Our subclass of Django's backend: a process's threads queue for the write lock in
+    # the process, not in SQLite's sleeping busy handler (portraitstudio/sqlite/base.py).
+    _db["ENGINE"] = "portraitstudio.sqlite"
     _db["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
@@ -289,7 +293,7 @@ SESSION_COOKIE_SAMESITE = "Lax"
 # machine, files in the data directory; otherwise the database alone.
 if REDIS_URL:
     SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
-elif _db["ENGINE"] == "django.db.backends.sqlite3":
+elif _sqlite:
     SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
     SESSION_CACHE_ALIAS = "sessions"
     CACHES["sessions"] = {

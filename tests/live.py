@@ -261,7 +261,7 @@ def qcluster(cluster):
 def _database_url(db: dict) -> str:
     """DATABASE_URL for the database the test process uses now (the test database)."""
     name = str(db["NAME"])
-    if db["ENGINE"] == "django.db.backends.sqlite3":
+    if db["ENGINE"] == "portraitstudio.sqlite":  # Django's SQLite backend, ours (portraitstudio/sqlite)
         assert name and name != ":memory:" and "mode=memory" not in name, (
             "a real cluster needs a file-based SQLite test database (settings TEST NAME)"
         )

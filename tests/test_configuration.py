@@ -17,7 +17,7 @@ from tests.media import settings_from_env
 @pytest.mark.backend_free
 def test_defaults_are_the_embedded_configuration(monkeypatch, tmp_path):
     conf = settings_from_env(monkeypatch, tmp_path)
-    assert conf["DATABASES"]["default"]["ENGINE"] == "django.db.backends.sqlite3"
+    assert conf["DATABASES"]["default"]["ENGINE"] == "portraitstudio.sqlite"  # Django's SQLite, subclassed
     assert conf["CACHES"]["default"]["BACKEND"] == "django.core.cache.backends.db.DatabaseCache"
     assert conf["Q_CLUSTER"]["orm"] == "default" and "redis" not in conf["Q_CLUSTER"]
     assert conf["STORAGES"]["default"] == {"BACKEND": "django.core.files.storage.FileSystemStorage"}

@@ -86,7 +86,7 @@ def test_unreachable_database_is_503():
     connection = connections["default"]
 
     broken = {**connection.settings_dict}
-    if broken["ENGINE"] == "django.db.backends.sqlite3":
+    if broken["ENGINE"] == "portraitstudio.sqlite":
         broken["NAME"] = "/nonexistent-dir/studio.sqlite3"  # cannot be opened
     else:
         broken.update(HOST="127.0.0.1", PORT=str(_closed_port()))
