@@ -492,6 +492,8 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=300.0, help="seconds each runner gets at most")
     parser.add_argument("--baseline-rev", default="aed4f61")
     parser.add_argument("--only", choices=("new", "baseline"), default=None)
+    parser.add_argument("--vendor-seconds", type=float, nargs=2, metavar=("PC", "WS"), default=None,
+                        help="the vendors' engine times instead of the issue's 8 s and 3 s")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="create the jobs at this many a second (default: all at once)")
     parser.add_argument("--webhooks", action="store_true",
@@ -500,6 +502,10 @@ def main() -> None:
                         help="PostgreSQL and Redis on 127.0.0.1 instead of SQLite and the ORM broker")
     args = parser.parse_args()
 
+    if args.vendor_seconds:
+        global PC_ENGINE_S, WS_STAGE_S
+        PC_ENGINE_S, WS_STAGE_S = args.vendor_seconds[0], args.vendor_seconds[1] / 2
+        VENDOR_SECONDS.update(pc_colorize=PC_ENGINE_S, ws_portrait=2 * WS_STAGE_S)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portraitstudio.settings")
     os.environ.setdefault("STUDIO_DATA_DIR", tempfile.mkdtemp(prefix="studio-bench-host-"))
     import django
@@ -534,7 +540,8 @@ def main() -> None:
         shutil.rmtree(baseline_tree, ignore_errors=True)
     backend = "PostgreSQL + Redis" if args.scaled else "SQLite + ORM broker"
     arrival = f"{args.rate:g} a second" if args.rate else "all at once"
-    print(f"\n{args.jobs} vendor jobs (half Perfect Corp 8 s, half WaveSpeed 3 s) created {arrival}, "
+    print(f"\n{args.jobs} vendor jobs (half Perfect Corp {PC_ENGINE_S:g} s, half WaveSpeed {2 * WS_STAGE_S:g} s) "
+          f"created {arrival}, "
           f"Q_CPU_WORKERS new={args.cpu_workers}, Q_WORKERS baseline={args.workers}, "
           f"cap {args.cap:.0f} s, {os.cpu_count()} cores, {backend}, "
           f"{'webhooks (Perfect Corp v2)' if args.webhooks else 'polling, no webhooks (Perfect Corp v1.0)'}")

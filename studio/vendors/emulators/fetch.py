@@ -9,6 +9,8 @@ inject one backed by Django's test client or point it at a live server.
 
 from __future__ import annotations
 
+import functools
+import ssl
 from collections.abc import Callable
 
 import httpx
@@ -61,9 +63,20 @@ Deliverer = Callable[[str, bytes, dict[str, str]], int]
 def http_deliver(url: str, body: bytes, headers: dict[str, str]) -> int:
     """A POST with a short timeout, as a vendor's webhook sender makes it."""
     try:
-        return httpx.post(url, content=body, headers=headers, timeout=httpx.Timeout(10.0, connect=3.0)).status_code
+        return httpx.post(
+            url, content=body, headers=headers, timeout=httpx.Timeout(10.0, connect=3.0), verify=_tls_context()
+        ).status_code
     except httpx.HTTPError:
         return 0
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context for every delivery: building one per POST (httpx does, by default) was
+    a quarter of the emulators' CPU time when hundreds of tasks ended together (bench/vendor_wait.py)."""
+    import certifi  # httpx's own default trust store
+
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def django_client_deliver(client=None) -> Deliverer:
