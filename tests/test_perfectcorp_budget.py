@@ -284,6 +284,20 @@ def test_a_lock_that_expired_under_a_slow_holder_is_left_to_its_new_holder(monke
         monotonic[0] += 0.01
     assert cache.get(b._lock_key) is None  # a quick holder frees it
 
+    class SlowAdd:  # an add that waited on a busy database for most of the lock's timeout
+        def __getattr__(self, name):
+            return getattr(cache, name)
+
+        def add(self, *args, **kwargs):
+            monotonic[0] += b.LOCK_TIMEOUT - 0.5
+            return cache.add(*args, **kwargs)
+
+    slow = RequestBudget("slow", (Window(10, 60.0),), cache=SlowAdd())
+    with slow._locked():
+        monotonic[0] += 0.6  # briefly held, but the lock may have expired meanwhile
+        cache.set(b._lock_key, "another process", timeout=5)
+    assert cache.get(b._lock_key) == "another process"
+
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_takers_with_plenty_of_room_lose_no_request():

@@ -111,23 +111,27 @@ class RequestBudget:
         token = uuid.uuid4().hex
         started = time.monotonic()
         taken_over = False
-        # cache.add is atomic on the database cache and on Redis; the timeout frees
-        # the lock if its holder died (holders keep it for a few milliseconds).
-        while not self.cache.add(self._lock_key, token, timeout=self.LOCK_TIMEOUT):
-            if time.monotonic() - started > 10:
+        while True:
+            # Timed before the call: the lock's expiry counts from no earlier than this.
+            acquired = time.monotonic()
+            # cache.add is atomic on the database cache and on Redis; the timeout frees
+            # the lock if its holder died (holders keep it for a few milliseconds).
+            if self.cache.add(self._lock_key, token, timeout=self.LOCK_TIMEOUT):
+                break
+            if acquired - started > 10:
                 log.warning("budget %s: lock held too long; taking it over", self.namespace)
                 self.cache.set(self._lock_key, token, timeout=self.LOCK_TIMEOUT)
                 taken_over = True
                 break
             time.sleep(random.uniform(0.002, 0.01))
-        acquired = time.monotonic()
         try:
             state = self._loaded(self.cache.get(self._state_key))
             state.setdefault("strikes", 0)
             yield state
             self.cache.set(self._state_key, state, timeout=max(w.seconds for w in self.windows) * 4 + 3600)
         finally:
-            # Held for well under its timeout, the lock is still ours: delete it without
+            # Held for well under its timeout (counted from before the add, which may
+            # have waited on the database), the lock is still ours: delete it without
             # reading it first. Held longer, it may have expired and gone to another
             # process, whose lock must stay.
             surely_ours = not taken_over and time.monotonic() - acquired < self.LOCK_TIMEOUT / 5
