@@ -470,25 +470,24 @@ def make_thumbnail(image: Image.Image, long_side: int = THUMB_LONG_SIDE) -> byte
     return encode_jpeg(resize_long_side(image, long_side), quality=THUMB_QUALITY)
 
 
-def make_jpeg_thumbnail(jpeg: bytes, long_side: int = THUMB_LONG_SIDE) -> bytes:
-    """A small JPEG preview of a stored (already checked) JPEG result.
+def result_thumbnail(image: Image.Image, long_side: int = THUMB_LONG_SIDE) -> tuple[bytes, str]:
+    """The preview of a result from the image `clean_output` decoded: (bytes, "png" or "jpg").
 
-    The JPEG is decoded straight at a reduced DCT scale (draft mode, as
-    Pillow's own thumbnail() does): a fraction of the cost of decoding it at
-    full size and resizing, for the same preview.
+    A result with transparency (a cut-out, decoded as RGBA) gets a PNG so it
+    keeps it; any other result gets a JPEG, a fraction of a PNG's encode cost.
+    Made from the decoded result, so storing a result decodes it once.
     """
-    image = load_image(jpeg, max_long_side=long_side, max_bytes=max(len(jpeg), MAX_UPLOAD_BYTES))
-    return make_thumbnail(image, long_side)
-
-
-def make_png_thumbnail(png: bytes, long_side: int = THUMB_LONG_SIDE) -> bytes:
-    """A small PNG preview of a stored (already checked) PNG result, transparency kept."""
-    with Image.open(io.BytesIO(png), formats=["PNG"]) as im:
-        image = im.convert("RGBA") if im.mode not in ("RGB", "RGBA") else im.copy()
-    image.thumbnail((long_side, long_side), Image.Resampling.LANCZOS)
-    # Light compression: a thumbnail is small anyway, and zlib's default level made
-    # this the costliest part of storing a PNG result (a profile of the step runner).
-    return encode_png(image, compress_level=1)
+    target = _fit_long_side(image.size, long_side)
+    if target != image.size:
+        # An integer reduce to within 1x of the target, then LANCZOS: what decoding
+        # a JPEG at a reduced DCT scale used to give these previews, at half the
+        # cost of LANCZOS from the full size.
+        image = image.resize(target, Image.Resampling.LANCZOS, reducing_gap=1.0)
+    if image.mode == "RGBA":
+        # Light compression: a thumbnail is small anyway, and zlib's default level
+        # made this the costliest part of storing a PNG result (a profile of the step runner).
+        return encode_png(image, compress_level=1), "png"
+    return encode_jpeg(image, quality=THUMB_QUALITY), "jpg"
 
 
 # --------------------------------------------------------------------------
@@ -653,11 +652,17 @@ def clean_output(data: bytes, *, max_bytes: int = 4 * MAX_UPLOAD_BYTES) -> tuple
     turned upright, converted to sRGB and re-encoded with no metadata: PNG
     when it has transparency (a removed background), JPEG otherwise. The
     decoded image (for thumbnails) carries no metadata either. Raises
-    ImageRejected when the bytes are not a usable image.
+    ImageRejected when the bytes are not a usable image. The image is RGBA
+    when the result has transparency, RGB otherwise.
     """
     fmt = sniff_format(data)
     if fmt in ("JPEG", "PNG") and not carries_metadata(data):
-        return data, "image/png" if fmt == "PNG" else "image/jpeg", load_image(data, max_bytes=max_bytes)
+        # Kept as is; decoded to check it, with its transparency (for the thumbnail).
+        if fmt == "PNG" and _has_alpha(data, fmt):
+            image = _load_rgba(data, fmt, max_bytes)
+        else:
+            image = load_image(data, max_bytes=max_bytes)
+        return data, "image/png" if fmt == "PNG" else "image/jpeg", image
     if _has_alpha(data, fmt):
         image = _load_rgba(data, fmt, max_bytes)
         return encode_png(image), "image/png", image

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pillow_heif
 import pytest
-from PIL import ExifTags, Image, ImageCms, ImageDraw, ImageOps, JpegImagePlugin, PngImagePlugin
+from PIL import ExifTags, Image, ImageCms, ImageDraw, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
 
 from studio import imaging
 from studio.imaging import (
@@ -468,13 +468,64 @@ def test_make_thumbnail_respects_long_side():
     assert thumb.size == (200, 200)
 
 
-def test_jpeg_thumbnail_decoded_at_reduced_scale_matches_the_full_size_thumbnail():
+def test_result_thumbnail_from_the_decoded_result_matches_a_full_lanczos_thumbnail():
     result = imaging.encode_jpeg(astronaut(2).resize((768, 1024)), quality=92)  # a headshot-sized result
-    fast = decode(imaging.make_jpeg_thumbnail(result))
+    _, _, decoded = imaging.clean_output(result)
+    data, ext = imaging.result_thumbnail(decoded)
+    thumb = decode(data)
     full = decode(make_thumbnail(load_image(result)))
-    assert fast.size == full.size == (360, 480)
-    assert correlation(fast, full) > 0.99
-    assert not imaging.carries_metadata(imaging.make_jpeg_thumbnail(result))
+    assert ext == "jpg" and thumb.format == "JPEG"
+    assert thumb.size == full.size == (360, 480)
+    assert correlation(thumb, full) > 0.99
+    assert not imaging.carries_metadata(data)
+
+
+def test_a_clean_png_result_is_kept_byte_for_byte_and_decoded_once_with_its_transparency(monkeypatch):
+    cutout = astronaut(2).convert("RGBA")
+    alpha = Image.new("L", cutout.size, 0)
+    alpha.paste(255, (200, 100, 800, 1024))
+    cutout.putalpha(alpha)
+    clean_rgba = imaging.encode_png(cutout)
+    clean_rgb = imaging.encode_png(astronaut(2))
+    decodes = []
+    real_load = ImageFile.ImageFile.load
+
+    def counting_load(self):
+        if self.tile:  # pixels still to decode (a loaded image has none left)
+            decodes.append(self.format)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    data, content_type, image = imaging.clean_output(clean_rgba)
+    thumb, ext = imaging.result_thumbnail(image)
+    assert data == clean_rgba and content_type == "image/png" and image.mode == "RGBA"
+    assert decodes == ["PNG"]  # the stored bytes were decoded once, for the check and the thumbnail
+    with Image.open(io.BytesIO(thumb)) as im:
+        assert ext == "png" and im.format == "PNG" and im.size == (480, 480)
+        assert im.mode == "RGBA" and im.getchannel("A").getextrema() == (0, 255)
+        assert im.getpixel((10, 10))[3] == 0 and im.getpixel((240, 240))[3] == 255
+    assert not imaging.carries_metadata(thumb)
+
+    # An opaque PNG is kept as is too; its preview is a JPEG (no transparency to keep).
+    data, content_type, image = imaging.clean_output(clean_rgb)
+    thumb, ext = imaging.result_thumbnail(image)
+    assert data == clean_rgb and content_type == "image/png" and image.mode == "RGB"
+    assert ext == "jpg" and decode(thumb).format == "JPEG" and decode(thumb).size == (480, 480)
+
+
+def test_a_clean_png_with_transparency_still_gets_the_upload_guards():
+    tall = Image.new("RGBA", (64, 64 * 11), (0, 0, 0, 0))  # longer than 10:1
+    with pytest.raises(ImageRejected):
+        imaging.clean_output(imaging.encode_png(tall))
+    # Well-formed chunks (so no metadata is seen) around pixel data cut short:
+    # only the first of its IDAT chunks is left.
+    png = imaging.encode_png(astronaut().convert("RGBA"))
+    first_idat = png.index(b"IDAT") - 4
+    after_it = first_idat + 12 + int.from_bytes(png[first_idat : first_idat + 4], "big")
+    damaged = png[:after_it] + png[png.index(b"IEND") - 4 :]
+    assert not imaging.carries_metadata(damaged)
+    with pytest.raises(ImageRejected):
+        imaging.clean_output(damaged)
 
 
 def test_thumbnail_and_faces_come_from_the_normalized_image(monkeypatch):

@@ -810,6 +810,61 @@ def test_large_photos_are_reduced_to_1024_for_hair_features(pc, emulator):
     assert decode(outputs[0].data).size == (1024, 1024)
 
 
+def test_a_batch_on_one_photo_prepares_it_once_with_each_jobs_own_faces(pc_local, emulator, monkeypatch):
+    from studio.vendors import perfectcorp as module
+
+    module._prepared_photos.clear()
+    decoded = []
+    real_load = imaging.load_image
+    monkeypatch.setattr(imaging, "load_image", lambda data, **kw: decoded.append(len(data)) or real_load(data, **kw))
+    big = images.to_bytes(images.astronaut(4), "JPEG")  # 2048 px, face ~380 px
+    face = imaging.detect_faces(real_load(big))[0]
+    hair = module.FEATURES["pc_hairstyle"]
+    params = hair_params(emulator)
+    first = pc_local.preflight(job_input("pc_hairstyle", big, params=params, faces=[face]), hair)
+    # Another job on the same photo: no decode, the same bytes, its own face boxes scaled as before.
+    shifted = imaging.FaceBox(face.x + 40, face.y, 40, 40)  # too small once halved: refused
+    with pytest.raises(VendorError) as failure:
+        pc_local.preflight(job_input("pc_hairstyle", big, params=params, faces=[shifted]), hair)
+    assert "too small (20 px wide at 1024×1024" in failure.value.message
+    second = pc_local.preflight(job_input("pc_hairstyle", big, params=params, faces=[face]), hair)
+    assert decoded == [len(big)]
+    assert second.image == first.image and second.size == first.size == (1024, 1024)
+    assert second.notes == first.notes == ("resized to 1024×1024",)
+    # Other limits (colorize keeps up to 4096 px) prepare the photo again, at its own size.
+    colorize = pc_local.preflight(job_input("pc_colorize", big, faces=[face]), module.FEATURES["pc_colorize"])
+    assert colorize.size == (2048, 2048) and colorize.notes == () and len(decoded) == 2
+
+
+def test_prepared_photos_are_few_and_short_lived():
+    from studio.vendors.recent_photos import RecentlyPrepared
+
+    now = [0.0]
+    made = []
+    recent = RecentlyPrepared(entries=2, ttl=60.0, clock=lambda: now[0])
+
+    def prepare(photo: bytes, limit: int = 1024):
+        return recent.get_or_make(photo, limit, lambda: made.append(photo) or photo.upper())
+
+    assert prepare(b"a") == prepare(b"a") == b"A" and made == [b"a"]
+    prepare(b"a", limit=512)  # other limits: made again
+    prepare(b"b")  # a third entry pushes out the least recently used one
+    assert len(recent) == 2 and made == [b"a", b"a", b"b"]
+    prepare(b"a")
+    assert made == [b"a", b"a", b"b", b"a"]
+    now[0] = 61.0  # a minute later nothing is kept
+    assert len(recent) == 0
+    prepare(b"b")
+    assert made[-1] == b"b"
+
+    def fails():
+        raise VendorError("no", permanent=True)
+
+    with pytest.raises(VendorError):
+        recent.get_or_make(b"c", 1024, fails)
+    assert len(recent) == 1  # failures are not kept
+
+
 def test_missing_inputs_are_refused_with_what_to_do(pc_local, emulator, portrait_jpeg, no_face_jpeg):
     cases = [
         (job_input("pc_hairstyle", portrait_jpeg), "Pick a style"),

@@ -7,6 +7,7 @@ processes of one deployment.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -169,6 +170,154 @@ def test_concurrent_takers_never_exceed_the_limit():
         thread.join()
     assert len(won) == 100 and len(refused) == 60
     assert b.snapshot()["windows"][0]["used"] == 100
+
+
+def test_the_state_stays_small_whatever_the_limit():
+    fake = FakeTime()
+    b = RequestBudget("big", (Window(10_000_000, 60.0), Window(10_000_000, 300.0)), clock=fake.clock, sleep=fake.sleep)
+    for _ in range(3000):
+        b.take("job")
+        fake.now += 0.1  # 10 requests a second for 300 s
+    state = cache.get(b._state_key)
+    assert len(state["counts"]) <= 300 / b.bucket + 1  # one entry per bucket, not one per request
+    short, long = (w["used"] for w in b.snapshot()["windows"])
+    # The bucket the short window starts in counts whole (its requests as sent at its latest).
+    assert 600 <= short <= 600 + 10 and long == 3000
+    assert fake.slept == 0
+
+
+def test_requests_counted_per_bucket_never_exceed_any_window():
+    """Random bursts against two windows: at every request, the real count in each window stays within its limit."""
+    rng = random.Random(7)
+    fake = FakeTime()
+    windows = (Window(12, 6.0), Window(30, 30.0))
+    b = RequestBudget("buckets", windows, headroom=0, clock=fake.clock, sleep=fake.sleep)
+    sent = []
+    for _ in range(150):
+        b.take(urgent=True)
+        sent.append(fake.now)
+        fake.now += rng.choice((0.0, 0.01, 0.03, 0.2, 1.5))
+    for at in sent:
+        for window in windows:
+            assert sum(1 for t in sent if at - window.seconds < t <= at) <= window.limit
+    # And nobody waited for nothing: over 150 requests the long window (30 per 30 s) sets the pace.
+    assert sent[-1] - sent[0] < (150 / 30) * 30 + 10
+
+
+def test_a_wait_ends_when_the_next_request_fits():
+    fake = FakeTime()
+    b = budget(fake, limit=3, window=60.0, headroom=0)
+    for offset in (0.0, 0.2, 0.4):  # one bucket (1 s)
+        fake.now = 1_000_000.0 + offset
+        b.take(urgent=True)
+    b.take(urgent=True)
+    # The bucket counts all three as sent at 0.4 s: never before the real 60 s are up, and not long after.
+    assert 1_000_060.0 <= fake.now <= 1_000_060.0 + b.bucket + b.max_sleep
+
+
+def test_a_state_written_as_a_request_log_is_still_counted():
+    fake = FakeTime()
+    b = budget(fake, limit=10, window=100.0, headroom=0)
+    cache.set(b._state_key, {"log": [fake.now - 50 + i for i in range(10)], "jobs": {}, "paused_until": 0.0})
+    assert b.snapshot()["windows"][0]["used"] == 10
+    b.take(urgent=True)
+    assert fake.slept == pytest.approx(50, abs=0.1)  # the oldest logged request had to leave first
+    assert "log" not in cache.get(b._state_key)
+
+
+class CountingCache:
+    """The cache, counting round trips by operation."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        operation = getattr(cache, name)
+
+        def counted(*args, **kwargs):
+            self.calls.append(name)
+            return operation(*args, **kwargs)
+
+        return counted
+
+
+def test_a_take_with_room_costs_four_round_trips():
+    counting = CountingCache()
+
+    def fresh():  # the adapter builds a budget object per call
+        return RequestBudget("trips", (Window(1000, 60.0),), cache=counting)
+
+    fresh().take("job")
+    counting.calls.clear()
+    fresh().take("job")  # the last take saw plenty of room: straight to the lock
+    assert counting.calls == ["add", "get", "set", "delete"]
+    fresh().take("job", poll=True)  # a poll looks once (for a pause), then takes the lock
+    assert counting.calls[4:] == ["get", "add", "get", "set", "delete"]
+
+
+def test_a_full_budget_is_looked_at_without_the_lock():
+    fake = FakeTime()
+    counting = CountingCache()
+    b = RequestBudget("full", (Window(4, 60.0),), headroom=0, cache=counting, clock=fake.clock, sleep=fake.sleep)
+    for _ in range(4):
+        b.take(urgent=True)
+    counting.calls.clear()
+    with pytest.raises(BudgetTimeout):
+        b.take(urgent=True, deadline=fake.now + 1)
+    assert counting.calls == ["get"]  # no room: the waiter never queued on the mutex
+
+
+def test_a_lock_that_expired_under_a_slow_holder_is_left_to_its_new_holder(monkeypatch):
+    from types import SimpleNamespace
+
+    from studio.vendors import budget as module
+
+    monotonic = [100.0]
+    monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=lambda: monotonic[0], sleep=time.sleep))
+    b = RequestBudget("slow", (Window(10, 60.0),))
+    with b._locked():
+        monotonic[0] += b.LOCK_TIMEOUT + 1  # stalled past the lock's timeout…
+        cache.set(b._lock_key, "another process", timeout=5)  # …which let another process take it
+    assert cache.get(b._lock_key) == "another process"
+    cache.delete(b._lock_key)
+    with b._locked():
+        monotonic[0] += 0.01
+    assert cache.get(b._lock_key) is None  # a quick holder frees it
+
+    class SlowAdd:  # an add that waited on a busy database for most of the lock's timeout
+        def __getattr__(self, name):
+            return getattr(cache, name)
+
+        def add(self, *args, **kwargs):
+            monotonic[0] += b.LOCK_TIMEOUT - 0.5
+            return cache.add(*args, **kwargs)
+
+    slow = RequestBudget("slow", (Window(10, 60.0),), cache=SlowAdd())
+    with slow._locked():
+        monotonic[0] += 0.6  # briefly held, but the lock may have expired meanwhile
+        cache.set(b._lock_key, "another process", timeout=5)
+    assert cache.get(b._lock_key) == "another process"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_takers_with_plenty_of_room_lose_no_request():
+    """Eight threads take 40 requests each straight through the lock: every one is counted."""
+    b = RequestBudget("crowd", (Window(10_000_000, 3600.0),))
+
+    def worker():
+        try:
+            mine = RequestBudget("crowd", (Window(10_000_000, 3600.0),))  # a process of its own
+            for _ in range(40):
+                mine.take("job")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert b.snapshot()["windows"][0]["used"] == 320
 
 
 # --- through the adapter ---------------------------------------------------------------------------

@@ -354,11 +354,10 @@ def _store_output(job: Job, index: int, output: Output) -> list:
     )
     name = f"{index + 1}.{'png' if content_type == 'image/png' else 'jpg'}"
     result.image.save(name, ContentFile(data), save=False)
-    if content_type == "image/png":
-        # A cut-out keeps its transparency in the thumbnail too (shown on a checkerboard).
-        result.thumbnail.save(f"{index + 1}-thumb.png", ContentFile(imaging.make_png_thumbnail(data)), save=False)
-    else:
-        result.thumbnail.save(f"{index + 1}-thumb.jpg", ContentFile(imaging.make_jpeg_thumbnail(data)), save=False)
+    # From the image clean_output decoded: a cut-out keeps its transparency in a PNG
+    # thumbnail (shown on a checkerboard), anything opaque gets a JPEG one.
+    thumbnail, ext = imaging.result_thumbnail(image)
+    result.thumbnail.save(f"{index + 1}-thumb.{ext}", ContentFile(thumbnail), save=False)
     result.save()
     return [result.image, result.thumbnail]
 

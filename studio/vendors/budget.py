@@ -6,10 +6,16 @@ polls included, and a task that is not polled for 10 s is lost. So all web
 and worker processes behind one IP must draw from one budget, and a new job
 may start only when the budget can also carry the polls of the jobs already
 running. This module keeps that budget in Django's cache (the database
-cache by default, Redis with REDIS_URL, so every machine shares it): a log
-of recent request times plus the requests each admitted job has reserved,
-updated under a short mutex built on `cache.add` — the one operation both
-backends perform atomically (an INSERT that may fail; SET NX on Redis).
+cache by default, Redis with REDIS_URL, so every machine shares it): counts
+of recent requests per short time bucket plus the requests each admitted
+job has reserved, updated under a short mutex built on `cache.add` — the one
+operation both backends perform atomically (an INSERT that may fail; SET NX
+on Redis).
+
+The counts stay small whatever the limits (a few hundred buckets at most,
+not one timestamp per request) and err on the safe side: a bucket keeps the
+time of its latest request, and all its requests count as sent then, so
+they leave a window no earlier than they really do.
 
 Priorities, from most to least protected:
   - a job's own reserved requests (admission made room for them);
@@ -57,6 +63,12 @@ class Window:
     seconds: float
 
 
+# Per budget namespace: whether the state this process saw last had plenty of
+# room. Then a take goes straight to the lock instead of first looking without
+# it (adapters build a RequestBudget per call, so this lives in the module).
+_roomy: dict[str, bool] = {}
+
+
 class RequestBudget:
     def __init__(
         self,
@@ -85,48 +97,83 @@ class RequestBudget:
         shortest = min(w.seconds for w in windows)
         self.recheck = min(0.5, shortest / 120)
         self.max_sleep = min(2.0, shortest / 30)
+        # Requests are counted per bucket of this length (1 s for a 60 s window).
+        self.bucket = shortest / 60
         self._state_key = f"budget:{namespace}:state"
         self._lock_key = f"budget:{namespace}:lock"
 
     # --- the shared state, under a cache mutex ------------------------------------------
 
+    LOCK_TIMEOUT = 5.0  # seconds: frees the lock of a holder that died
+
     @contextmanager
     def _locked(self):
         token = uuid.uuid4().hex
         started = time.monotonic()
-        # cache.add is atomic on the database cache and on Redis; the timeout frees
-        # the lock if its holder died (holders keep it for a few milliseconds).
-        while not self.cache.add(self._lock_key, token, timeout=5):
-            if time.monotonic() - started > 10:
+        taken_over = False
+        while True:
+            # Timed before the call: the lock's expiry counts from no earlier than this.
+            acquired = time.monotonic()
+            # cache.add is atomic on the database cache and on Redis; the timeout frees
+            # the lock if its holder died (holders keep it for a few milliseconds).
+            if self.cache.add(self._lock_key, token, timeout=self.LOCK_TIMEOUT):
+                break
+            if acquired - started > 10:
                 log.warning("budget %s: lock held too long; taking it over", self.namespace)
-                self.cache.set(self._lock_key, token, timeout=5)
+                self.cache.set(self._lock_key, token, timeout=self.LOCK_TIMEOUT)
+                taken_over = True
                 break
             time.sleep(random.uniform(0.002, 0.01))
         try:
-            state = self.cache.get(self._state_key) or {}
-            state.setdefault("log", [])
-            state.setdefault("jobs", {})
-            state.setdefault("paused_until", 0.0)
+            state = self._loaded(self.cache.get(self._state_key))
             state.setdefault("strikes", 0)
             yield state
             self.cache.set(self._state_key, state, timeout=max(w.seconds for w in self.windows) * 4 + 3600)
         finally:
-            if self.cache.get(self._lock_key) == token:
+            # Held for well under its timeout (counted from before the add, which may
+            # have waited on the database), the lock is still ours: delete it without
+            # reading it first. Held longer, it may have expired and gone to another
+            # process, whose lock must stay.
+            surely_ours = not taken_over and time.monotonic() - acquired < self.LOCK_TIMEOUT / 5
+            if surely_ours or self.cache.get(self._lock_key) == token:
                 self.cache.delete(self._lock_key)
+
+    def _loaded(self, state: dict | None) -> dict:
+        state = state or {}
+        state.setdefault("counts", [])  # [[time of the bucket's latest request, requests], …], oldest first
+        state.setdefault("jobs", {})
+        state.setdefault("paused_until", 0.0)
+        if "log" in state:  # a state written before requests were counted per bucket
+            for sent in sorted(state.pop("log")):
+                self._count(state, sent)
+        return state
 
     def _peek(self, now: float) -> dict:
         """The state without taking the lock: waiters look here first, so they don't queue on the mutex."""
-        state = self.cache.get(self._state_key) or {}
-        state.setdefault("log", [])
-        state.setdefault("jobs", {})
-        state.setdefault("paused_until", 0.0)
+        state = self._loaded(self.cache.get(self._state_key))
         self._prune(state, now)
         return state
 
     def _prune(self, state: dict, now: float) -> None:
         longest = max(w.seconds for w in self.windows)
-        state["log"] = [t for t in state["log"] if t > now - longest]
+        counts = state["counts"]
+        first = 0
+        while first < len(counts) and counts[first][0] <= now - longest:
+            first += 1
+        if first:
+            del counts[:first]
         state["jobs"] = {k: v for k, v in state["jobs"].items() if v["expires"] > now and v["left"] > 0}
+
+    def _count(self, state: dict, now: float) -> None:
+        """One request sent at `now`, added to its time bucket."""
+        counts = state["counts"]
+        if counts and now // self.bucket <= counts[-1][0] // self.bucket:
+            # Its bucket, or (a process whose clock runs behind) a later one: a
+            # request counted later than it was sent leaves the window later, never early.
+            counts[-1][0] = max(counts[-1][0], now)
+            counts[-1][1] += 1
+        else:
+            counts.append([now, 1])
 
     def _wait_for(
         self, state: dict, now: float, need: int, *, exclude: str | None, reserve: bool, headroom: int
@@ -135,16 +182,34 @@ class RequestBudget:
         reserved = sum(v["left"] for k, v in state["jobs"].items() if k != exclude) if reserve else 0
         wait = 0.0
         for window in self.windows:
-            in_window = sorted(t for t in state["log"] if t > now - window.seconds)
-            over = len(in_window) + reserved + need - (window.limit - headroom)
+            in_window = [(sent, n) for sent, n in state["counts"] if sent > now - window.seconds]
+            used = sum(n for _, n in in_window)
+            over = used + reserved + need - (window.limit - headroom)
             if over <= 0:
                 continue
-            if over > len(in_window):
+            if over > used:
                 # Reservations alone block it: look again when running jobs have moved on.
                 wait = max(wait, self.recheck)
-            else:
-                wait = max(wait, in_window[over - 1] + window.seconds - now + 0.01)
+                continue
+            # Room comes when the oldest `over` requests have left the window.
+            leaving = 0
+            for sent, n in in_window:
+                leaving += n
+                if leaving >= over:
+                    wait = max(wait, sent + window.seconds - now + 0.01)
+                    break
         return wait
+
+    def _has_plenty_of_room(self, state: dict, now: float) -> bool:
+        """Not paused, and every window a quarter empty on top of reservations and headroom."""
+        if state["paused_until"] > now:
+            return False
+        reserved = sum(v["left"] for v in state["jobs"].values())
+        for window in self.windows:
+            used = sum(n for sent, n in state["counts"] if sent > now - window.seconds)
+            if used + reserved + self.headroom > window.limit * 3 // 4:
+                return False
+        return True
 
     # --- the public operations -------------------------------------------------------------
 
@@ -206,23 +271,31 @@ class RequestBudget:
         behind every reservation.
         """
         poll_pause_until: float | None = None
+        first_try = True
         while True:
             now = self.clock()
-            if poll and poll_pause_until is None:
-                # The 10-second rule keeps running: a poll waits out a pause only briefly.
-                poll_pause_until = now + min(max(0.0, self._peek(now)["paused_until"] - now), self.poll_pause_cap)
-            wait = self._take_wait(self._peek(now), now, job_key, urgent, poll, poll_pause_until)
+            if first_try and _roomy.get(self.namespace) and not poll:
+                wait = 0.0  # room was plenty a moment ago: the check under the lock decides
+            else:
+                peeked = self._peek(now)
+                if poll and poll_pause_until is None:
+                    # The 10-second rule keeps running: a poll waits out a pause only briefly.
+                    poll_pause_until = now + min(max(0.0, peeked["paused_until"] - now), self.poll_pause_cap)
+                wait = self._take_wait(peeked, now, job_key, urgent, poll, poll_pause_until)
+            first_try = False
             if wait <= 0:
                 with self._locked() as state:
                     self._prune(state, now)
                     wait = self._take_wait(state, now, job_key, urgent, poll, poll_pause_until)
                     if wait <= 0:
-                        state["log"].append(now)
+                        self._count(state, now)
                         job = state["jobs"].get(job_key) if job_key else None
                         if job is not None:
                             job["left"] = max(0, job["left"] - 1)
                             job["expires"] = now + self.reservation_ttl
-                        return
+                    _roomy[self.namespace] = self._has_plenty_of_room(state, now)
+                if wait <= 0:
+                    return
             if deadline is not None and now + wait > deadline:
                 raise BudgetTimeout
             self.sleep(min(wait, self.max_sleep / 2))
@@ -261,7 +334,8 @@ class RequestBudget:
             pause = random.uniform(0.5, 1.0) * min(cap, base * 2 ** (state["strikes"] - 1))
             state["paused_until"] = max(state["paused_until"], now + pause)
             # The refused call counted at the vendor too.
-            state["log"].append(now)
+            self._count(state, now)
+            _roomy[self.namespace] = False
         log.warning("budget %s: 429, pausing %.1f s", self.namespace, pause)
         return pause
 
@@ -275,10 +349,14 @@ class RequestBudget:
     def snapshot(self) -> dict:
         """For the staff console and tests: use per window, reservations, pause."""
         now = self.clock()
-        state = self.cache.get(self._state_key) or {"log": [], "jobs": {}, "paused_until": 0.0}
+        state = self._loaded(self.cache.get(self._state_key))
         return {
             "windows": [
-                {"limit": w.limit, "seconds": w.seconds, "used": sum(1 for t in state["log"] if t > now - w.seconds)}
+                {
+                    "limit": w.limit,
+                    "seconds": w.seconds,
+                    "used": sum(n for sent, n in state["counts"] if sent > now - w.seconds),
+                }
                 for w in self.windows
             ],
             "reserved": sum(v["left"] for v in state["jobs"].values() if v["expires"] > now),

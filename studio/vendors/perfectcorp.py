@@ -48,6 +48,7 @@ from studio.vendors.budget import BudgetTimeout, CapacityWait, RequestBudget, Wi
 from studio import webhooks
 from studio.vendors import perfectcorp_v2 as v2
 from studio.vendors.http import NOT_SENT_ERRORS, UnreadableAnswer, VendorHttp, origin_of, pause
+from studio.vendors.recent_photos import RecentlyPrepared
 from studio.vendors.remote import RemoteProvider
 
 log = logging.getLogger(__name__)
@@ -552,24 +553,26 @@ class PerfectCorpProvider(RemoteProvider):
             return Prepared()
         if not job.image:
             raise VendorError("Upload a photo first.", permanent=True)
-        image = imaging.load_image(job.image)
-        notes: list[str] = []
         max_side = feature.max_long_side
         if feature.name == "enhance":
             scale = int(job.params.get("scale") or 2)
             max_side = min(max_side or 4096, 4096 // max(1, scale))  # keep the result within 4096 px
+        # A batch sends one photo many times: it is decoded, resized and encoded once.
+        photo = _prepared_photos.get_or_make(
+            job.image, (max_side, MAX_FILE_BYTES), lambda: _prepare_photo(job.image, max_side)
+        )
         faces = list(job.faces) if job.faces else []
-        if max_side and max(image.size) > max_side:
-            factor = max_side / max(image.size)
-            image = imaging.resize_long_side(image, max_side)
+        notes: list[str] = []
+        if photo.factor is not None:
+            factor = photo.factor
             faces = [
                 FaceBox(round(f.x * factor), round(f.y * factor), round(f.w * factor), round(f.h * factor))
                 for f in faces
             ]
-            notes.append(f"resized to {image.width}×{image.height}")
+            notes.append(f"resized to {photo.size[0]}×{photo.size[1]}")
         if feature.needs_face:
-            self._check_faces(faces, feature, image, whose="this photo")
-        prepared = Prepared(image=_jpeg_under(image, MAX_FILE_BYTES), size=image.size, notes=tuple(notes))
+            self._check_faces(faces, feature, photo.size, whose="this photo")
+        prepared = Prepared(image=photo.jpeg, size=photo.size, notes=tuple(notes))
         if with_reference:
             if not job.reference:
                 raise VendorError("Add the photo whose look you want to copy.", permanent=True)
@@ -583,7 +586,7 @@ class PerfectCorpProvider(RemoteProvider):
                 )
             prepared.reference = _jpeg_under(reference, MAX_FILE_BYTES)
         if "mask_ids" in feature.file_sets:
-            prepared.mask = self._prepare_mask(job.mask, image.size)
+            prepared.mask = self._prepare_mask(job.mask, photo.size)
         return prepared
 
     def _takes_reference(self, job: JobInput, feature: Feature) -> bool:
@@ -601,7 +604,7 @@ class PerfectCorpProvider(RemoteProvider):
         return next(key for key, known in FEATURES.items() if known is feature)
 
     @staticmethod
-    def _check_faces(faces: list[FaceBox], feature: Feature, image: Image.Image, *, whose: str) -> None:
+    def _check_faces(faces: list[FaceBox], feature: Feature, size: tuple[int, int], *, whose: str) -> None:
         if not faces:
             raise VendorError(
                 f"We couldn't find a face in {whose}. Use a clear, front-facing photo of one person.", permanent=True
@@ -614,7 +617,7 @@ class PerfectCorpProvider(RemoteProvider):
             )
         if feature.min_face_width and faces[0].w < feature.min_face_width:
             raise VendorError(
-                f"The face is too small ({faces[0].w} px wide at {image.width}×{image.height}; at least "
+                f"The face is too small ({faces[0].w} px wide at {size[0]}×{size[1]}; at least "
                 f"{feature.min_face_width} px needed). Use a photo where your face fills more of the frame.",
                 permanent=True,
             )
@@ -1391,6 +1394,27 @@ def _seconds(polling_interval) -> float:
         return max(0.0, float(polling_interval) / 1000)
     except (TypeError, ValueError):
         return 1.0
+
+
+@dataclass(frozen=True)
+class _PreparedPhoto:
+    jpeg: bytes  # what is uploaded
+    size: tuple[int, int]
+    factor: float | None  # how much it was reduced (face boxes scale by it); None: not resized
+
+
+# Personal data: a few entries, a minute each, this process only (see recent_photos).
+_prepared_photos: RecentlyPrepared[_PreparedPhoto] = RecentlyPrepared(entries=4, ttl=60.0)
+
+
+def _prepare_photo(data: bytes, max_side: int | None) -> _PreparedPhoto:
+    """The user's photo as uploaded: within `max_side`, a metadata-free JPEG under the size limit."""
+    image = imaging.load_image(data)
+    factor = None
+    if max_side and max(image.size) > max_side:
+        factor = max_side / max(image.size)
+        image = imaging.resize_long_side(image, max_side)
+    return _PreparedPhoto(jpeg=_jpeg_under(image, MAX_FILE_BYTES), size=image.size, factor=factor)
 
 
 def _jpeg_under(image: Image.Image, limit: int) -> bytes:
