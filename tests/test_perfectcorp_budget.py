@@ -397,3 +397,23 @@ def test_a_429_from_a_stricter_vendor_is_backed_off_and_retried(small_limits, se
         state = cache.get(provider.budget()._state_key)
     assert outputs and emulator.counters["429"] >= 1 and emulator.counters["charges"] == 1
     assert state["paused_until"] > 0  # every process backed off
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_sqlite_a_transaction_is_the_mutex_and_no_lock_key_is_written(monkeypatch):
+    """Embedded: BEGIN IMMEDIATE holds the database's write lock, so the cache mutex's three writes
+    (add, set, delete) become one; with Redis the cache mutex is still used."""
+    from django.conf import settings
+
+    b = RequestBudget("sqlite-mutex", (Window(1000, 60.0),))
+    if settings.REDIS_URL:
+        assert b._sqlite_alias() is None
+        pytest.skip("scaled: the budget's mutex is the cache's (Redis SET NX)")
+    added = []
+    real_add = cache.add
+    monkeypatch.setattr(cache, "add", lambda key, *a, **kw: added.append(key) or real_add(key, *a, **kw))
+    assert b._sqlite_alias() == "default"
+    for _ in range(5):
+        b.take("job")
+    assert b.snapshot()["windows"][0]["used"] == 5
+    assert not [key for key in added if key.endswith(":lock")]

@@ -10,7 +10,10 @@ cache by default, Redis with REDIS_URL, so every machine shares it): counts
 of recent requests per short time bucket plus the requests each admitted
 job has reserved, updated under a short mutex built on `cache.add` — the one
 operation both backends perform atomically (an INSERT that may fail; SET NX
-on Redis).
+on Redis). On SQLite (the embedded default) the mutex is a transaction
+instead: BEGIN IMMEDIATE takes the database's one write lock, so reading
+and writing the state inside it is one write where the cache mutex took
+three (add, set, delete), each waiting its turn for that same lock.
 
 The counts stay small whatever the limits (a few hundred buckets at most,
 not one timestamp per request) and err on the safe side: a bucket keeps the
@@ -36,7 +39,10 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from django.core.cache import DEFAULT_CACHE_ALIAS, caches
 from django.core.cache import cache as default_cache
+from django.core.cache.backends.db import DatabaseCache
+from django.db import connections, router, transaction
 
 from studio.vendors.base import VendorError
 
@@ -108,6 +114,30 @@ class RequestBudget:
 
     @contextmanager
     def _locked(self):
+        alias = self._sqlite_alias()
+        if alias is not None:
+            with transaction.atomic(using=alias):  # BEGIN IMMEDIATE: the write lock is the mutex
+                state = self._loaded(self.cache.get(self._state_key))
+                state.setdefault("strikes", 0)
+                yield state
+                self.cache.set(self._state_key, state, timeout=max(w.seconds for w in self.windows) * 4 + 3600)
+            return
+        with self._cache_mutex() as state:
+            yield state
+
+    def _sqlite_alias(self) -> str | None:
+        """The database alias when the cache is the database cache on SQLite whose transactions
+        take the write lock at BEGIN (settings: transaction_mode IMMEDIATE); else None."""
+        backend = caches[DEFAULT_CACHE_ALIAS] if self.cache is default_cache else self.cache  # not the proxy
+        if not isinstance(backend, DatabaseCache):
+            return None
+        alias = router.db_for_write(backend.cache_model_class)
+        database = connections[alias]
+        immediate = database.settings_dict.get("OPTIONS", {}).get("transaction_mode") == "IMMEDIATE"
+        return alias if database.vendor == "sqlite" and immediate else None
+
+    @contextmanager
+    def _cache_mutex(self):
         token = uuid.uuid4().hex
         started = time.monotonic()
         taken_over = False

@@ -69,6 +69,13 @@ class InFlight:
         return data if isinstance(data, dict) else {}
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # A vendor's front end takes a burst of connections; the standard library's backlog of 5
+    # refused some when hundreds of jobs were sent at once (bench/vendor_wait.py).
+    request_queue_size = 256
+
+
 class EmulatorHost:
     def __init__(self, emulators: dict[str, Emulator] | None = None):
         self.emulators = emulators if emulators is not None else {key: new_emulator(key) for key in EMULATORS}
@@ -171,8 +178,7 @@ class EmulatorHost:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _any
 
-        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        server.daemon_threads = True
+        server = _Server(("127.0.0.1", port), Handler)
         self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
         previous = {key: emulator.base_url for key, emulator in self.emulators.items()}
         for key, emulator in self.emulators.items():
