@@ -656,17 +656,14 @@ def clean_output(data: bytes, *, max_bytes: int = 4 * MAX_UPLOAD_BYTES) -> tuple
     when the result has transparency, RGB otherwise.
     """
     fmt = sniff_format(data)
-    if fmt in ("JPEG", "PNG") and not carries_metadata(data):
-        # Kept as is; decoded to check it, with its transparency (for the thumbnail).
-        if fmt == "PNG" and _has_alpha(data, fmt):
-            image = _load_rgba(data, fmt, max_bytes)
-        else:
-            image = load_image(data, max_bytes=max_bytes)
-        return data, "image/png" if fmt == "PNG" else "image/jpeg", image
-    if _has_alpha(data, fmt):
+    # A clean JPEG or PNG is kept as is, only decoded to check it (and for the thumbnail).
+    kept = fmt in ("JPEG", "PNG") and not carries_metadata(data)
+    if fmt != "JPEG" and _has_alpha(data, fmt):
         image = _load_rgba(data, fmt, max_bytes)
-        return encode_png(image), "image/png", image
+        return (data if kept else encode_png(image)), "image/png", image
     image = load_image(data, max_bytes=max_bytes)
+    if kept:
+        return data, "image/png" if fmt == "PNG" else "image/jpeg", image
     return encode_jpeg(image, quality=95), "image/jpeg", image
 
 

@@ -42,7 +42,7 @@ def wake(job_id) -> None:
 
         key = _redis_key(job_id)
         try:
-            with _redis().pipeline(transaction=True) as pipe:
+            with redis_client().pipeline(transaction=True) as pipe:
                 pipe.rpush(key, "1").expire(key, SIGNAL_TTL).execute()
         except redis.RedisError:
             # Lost, like a lost webhook: the job's backstop poll still comes.
@@ -78,7 +78,7 @@ def _wait_redis(job_id, seconds: float) -> bool:
     import redis
 
     key = _redis_key(job_id)
-    client = _redis()
+    client = redis_client()
     started = time.monotonic()
     try:
         if seconds <= 0:
@@ -103,7 +103,7 @@ def _redis_key(job_id) -> str:
 
 
 @functools.cache
-def _redis():
+def redis_client():
     """One client per process, with no read timeout: a blocking pop is meant to block.
 
     socket_timeout=None must be said outright: redis-py 8 otherwise reuses the

@@ -97,13 +97,13 @@ def test_a_long_wait_is_not_cut_short_by_a_socket_timeout():
 
 def test_an_unreachable_redis_makes_the_wait_a_plain_pause(settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
-    wakeup._redis.cache_clear()
+    wakeup.redis_client.cache_clear()
     try:
         started = time.monotonic()
         assert wakeup.wait(uuid.uuid4().hex, 0.5) is False
         assert time.monotonic() - started >= 0.45
     finally:
-        wakeup._redis.cache_clear()
+        wakeup.redis_client.cache_clear()
 
 
 # --- Perfect Corp: Standard Webhooks -------------------------------------------------------------

@@ -13,6 +13,7 @@ lock and busy handler decide, as before.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager, nullcontext
 
 from django.db.backends.sqlite3 import base
 from django.db.utils import OperationalError
@@ -37,27 +38,12 @@ class LockingCursor(base.SQLiteCursorWrapper):
     wrapper: DatabaseWrapper
 
     def execute(self, query, params=None):
-        if self.wrapper.holds_write_lock or not _writes(query):
-            return super().execute(query, params)
-        with self.wrapper.write_lock():
+        with self.wrapper.lock_for(query):
             return super().execute(query, params)
 
     def executemany(self, query, param_list):
-        if self.wrapper.holds_write_lock or not _writes(query):
+        with self.wrapper.lock_for(query):
             return super().executemany(query, param_list)
-        with self.wrapper.write_lock():
-            return super().executemany(query, param_list)
-
-
-class _Held:
-    def __init__(self, wrapper: DatabaseWrapper):
-        self.wrapper = wrapper
-
-    def __enter__(self):
-        self.wrapper._take_write_lock()
-
-    def __exit__(self, *exc):
-        self.wrapper._give_back_write_lock()
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -66,16 +52,22 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def _lock(self) -> threading.RLock:
         return _lock_of(str(self.settings_dict["NAME"]))
 
-    def write_lock(self) -> _Held:
-        return _Held(self)
-
     def _take_write_lock(self) -> None:
         # As long as SQLite itself would wait before "database is locked".
         if not self._lock().acquire(timeout=float(self.settings_dict["OPTIONS"].get("timeout", 5))):
             raise OperationalError("database is locked")
 
-    def _give_back_write_lock(self) -> None:
-        self._lock().release()
+    @contextmanager
+    def _write_lock(self):
+        self._take_write_lock()
+        try:
+            yield
+        finally:
+            self._lock().release()
+
+    def lock_for(self, query: str):
+        """The process's write lock for a statement that writes on its own; nothing otherwise."""
+        return nullcontext() if self.holds_write_lock or not _writes(query) else self._write_lock()
 
     def create_cursor(self, name=None):
         cursor = self.connection.cursor(factory=LockingCursor)
@@ -96,7 +88,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def _end_of_transaction(self) -> None:
         if self.holds_write_lock:
             self.holds_write_lock = False
-            self._give_back_write_lock()
+            self._lock().release()
 
     def _commit(self):
         try:

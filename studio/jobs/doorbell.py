@@ -38,9 +38,9 @@ def ring() -> None:
     """Tell every step runner to look for due steps now."""
     try:
         if settings.REDIS_URL:
-            from studio.wakeup import _redis
+            from studio.wakeup import redis_client
 
-            _redis().publish(_channel(), b"1")
+            redis_client().publish(_channel(), b"1")
         else:
             _ring_sockets()
     except Exception:  # a hint: the runners' next tick finds the step anyway
@@ -114,9 +114,9 @@ class Listener:
         return listen
 
     def _listen_redis(self) -> Callable[[], None]:
-        from studio.wakeup import _redis
+        from studio.wakeup import redis_client
 
-        subscription = _redis().pubsub(ignore_subscribe_messages=True)
+        subscription = redis_client().pubsub(ignore_subscribe_messages=True)
         subscription.subscribe(_channel())
         self._close = subscription.close
 

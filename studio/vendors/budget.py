@@ -114,16 +114,14 @@ class RequestBudget:
 
     @contextmanager
     def _locked(self):
+        """The state, read and written back under the budget's mutex."""
         alias = self._sqlite_alias()
-        if alias is not None:
-            with transaction.atomic(using=alias):  # BEGIN IMMEDIATE: the write lock is the mutex
-                state = self._loaded(self.cache.get(self._state_key))
-                state.setdefault("strikes", 0)
-                yield state
-                self.cache.set(self._state_key, state, timeout=max(w.seconds for w in self.windows) * 4 + 3600)
-            return
-        with self._cache_mutex() as state:
+        # On SQLite, BEGIN IMMEDIATE takes the write lock: the transaction is the mutex.
+        with transaction.atomic(using=alias) if alias is not None else self._cache_mutex():
+            state = self._loaded(self.cache.get(self._state_key))
+            state.setdefault("strikes", 0)
             yield state
+            self.cache.set(self._state_key, state, timeout=max(w.seconds for w in self.windows) * 4 + 3600)
 
     def _sqlite_alias(self) -> str | None:
         """The database alias when the cache is the database cache on SQLite whose transactions
@@ -138,6 +136,7 @@ class RequestBudget:
 
     @contextmanager
     def _cache_mutex(self):
+        """A mutex built on cache.add (Redis, or the database cache off SQLite)."""
         token = uuid.uuid4().hex
         started = time.monotonic()
         taken_over = False
@@ -155,10 +154,7 @@ class RequestBudget:
                 break
             time.sleep(random.uniform(0.002, 0.01))
         try:
-            state = self._loaded(self.cache.get(self._state_key))
-            state.setdefault("strikes", 0)
-            yield state
-            self.cache.set(self._state_key, state, timeout=max(w.seconds for w in self.windows) * 4 + 3600)
+            yield
         finally:
             # Held for well under its timeout (counted from before the add, which may
             # have waited on the database), the lock is still ours: delete it without
@@ -213,7 +209,7 @@ class RequestBudget:
         wait = 0.0
         for window in self.windows:
             in_window = [(sent, n) for sent, n in state["counts"] if sent > now - window.seconds]
-            used = sum(n for _, n in in_window)
+            used = self._used(state, now, window)
             over = used + reserved + need - (window.limit - headroom)
             if over <= 0:
                 continue
@@ -230,14 +226,18 @@ class RequestBudget:
                     break
         return wait
 
+    @staticmethod
+    def _used(state: dict, now: float, window: Window) -> int:
+        """Requests counted in `window` up to `now`."""
+        return sum(n for sent, n in state["counts"] if sent > now - window.seconds)
+
     def _has_plenty_of_room(self, state: dict, now: float) -> bool:
         """Not paused, and every window a quarter empty on top of reservations and headroom."""
         if state["paused_until"] > now:
             return False
         reserved = sum(v["left"] for v in state["jobs"].values())
         for window in self.windows:
-            used = sum(n for sent, n in state["counts"] if sent > now - window.seconds)
-            if used + reserved + self.headroom > window.limit * 3 // 4:
+            if self._used(state, now, window) + reserved + self.headroom > window.limit * 3 // 4:
                 return False
         return True
 
@@ -385,7 +385,7 @@ class RequestBudget:
                 {
                     "limit": w.limit,
                     "seconds": w.seconds,
-                    "used": sum(n for sent, n in state["counts"] if sent > now - w.seconds),
+                    "used": self._used(state, now, w),
                 }
                 for w in self.windows
             ],
