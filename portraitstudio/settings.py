@@ -415,6 +415,9 @@ PERFECTCORP_RATE_WINDOW_IP_S = env_int("PERFECTCORP_RATE_WINDOW_IP_S", 300, mini
 PERFECTCORP_TASK_LOST_AFTER_S = env_int("PERFECTCORP_TASK_LOST_AFTER_S", 10, minimum=1)
 # Access tokens live 2 hours; refresh well before.
 PERFECTCORP_TOKEN_REFRESH_S = env_int("PERFECTCORP_TOKEN_REFRESH_S", 6600, minimum=60)
+# A photo uploaded for one job serves the next jobs on it for this long (a batch of styles
+# uploads it once; studio/vendors/perfectcorp.py, _recent_uploads); 0 uploads it for every job.
+PERFECTCORP_UPLOAD_REUSE_S = env_int("PERFECTCORP_UPLOAD_REUSE_S", 600, minimum=0)
 # Which protocol family (../shared/perfectcorp-v2.md): "v1" is the original s2s
 # v1.0 page (RSA id_token, CLIENT_ID/SECRET); "v2" uses PERFECTCORP_API_KEY as a
 # bearer token, the v2 file API and /s2s/v2.x/task/{feature} (studio/vendors/perfectcorp_v2.py).

@@ -56,6 +56,15 @@ def _fresh_cache(request):
         cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _no_remembered_uploads():
+    """Every test's vendor emulator is new: a file id remembered from an earlier test (same
+    photo, same sandbox address) would name a file this emulator never had."""
+    from studio.vendors import perfectcorp
+
+    perfectcorp._recent_uploads.clear()
+
+
 # --- backend_free: tests that the scaled run leaves to the embedded one --------------------
 #
 # A test marked backend_free touches none of what ./scripts/test-scaled swaps out: the

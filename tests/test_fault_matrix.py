@@ -733,6 +733,9 @@ WORKER_ENV = {
     "PERFECTCORP_POLL_CEILING_MS": "300",
     "WAVESPEED_POLL_MS": "100",
     "VTRIX_POLL_MS": "100",
+    # Every case's job uploads its photo, as in the in-process cases (where each test starts with no
+    # remembered upload): the worker lives through every round, all on one photo.
+    "PERFECTCORP_UPLOAD_REUSE_S": "0",
 }
 
 

@@ -349,3 +349,31 @@ def _result_files(job) -> set[str]:
         return set(default_storage.listdir(f"results/{job.pk}")[1])
     except FileNotFoundError:
         return set()
+
+
+def test_a_job_whose_photo_was_deleted_ends_with_a_message_saying_so(photo):
+    job = _queued_job(photo)
+    photo.delete()
+    job_run(job.pk)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and "photo for this job was deleted" in job.error_message
+
+
+def test_a_photo_deleted_while_its_step_runs_ends_the_job_with_that_message(photo, monkeypatch):
+    """A step reads the photo's row when it first needs it: one deleted in between is said so, not a crash."""
+    from studio.jobs import run as job_runner
+    from studio.models import Photo
+
+    job = _queued_job(photo)
+    read = job_runner.Job.objects.get
+
+    def read_then_lose_the_photo(*args, **kwargs):
+        loaded = read(*args, **kwargs)
+        Photo.objects.filter(pk=photo.pk).delete()  # the job row already read says it has one
+        return loaded
+
+    monkeypatch.setattr(job_runner.Job.objects, "get", read_then_lose_the_photo)
+    job_run(job.pk)
+    monkeypatch.undo()
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and "photo for this job was deleted" in job.error_message

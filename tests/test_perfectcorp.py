@@ -937,3 +937,21 @@ def test_a_dst_id_the_vendor_never_saw_falls_back_to_an_upload(pc_local, emulato
     job.source_meta["dst_id"] = "D+unknown/id=="
     outputs, _ = run(pc_local, job)
     assert outputs and emulator.counters["uploads"] == 2 and emulator.counters["charges"] == 2
+
+
+def test_a_batch_on_one_photo_uploads_it_once_per_feature(pc, emulator, portrait_jpeg):
+    """v1.0 files belong to a feature's file API: one upload per feature for a batch on one photo."""
+    for _ in range(2):
+        assert run(pc, job_input("pc_colorize", portrait_jpeg))[0]
+    assert emulator.counters["uploads"] == 1 and emulator.counters["tasks"] == 2
+    assert run(pc, job_input("pc_hairstyle", portrait_jpeg, params=hair_params(emulator)))[0]
+    assert emulator.counters["uploads"] == 2
+
+
+def test_a_borrowed_file_the_vendor_deleted_is_uploaded_again(pc_local, emulator, portrait_jpeg):
+    first = job_input("pc_colorize", portrait_jpeg)
+    run(pc_local, first)
+    emulator.files[first.state["uploads"]["src_ids"][0]]["uploaded"] -= 31 * 86400  # gone at the vendor
+    again = job_input("pc_colorize", portrait_jpeg)
+    assert run(pc_local, again)[0]
+    assert emulator.counters["uploads"] == 2 and again.state["reuploaded"] is True

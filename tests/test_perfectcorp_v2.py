@@ -361,3 +361,42 @@ def test_templates_sync_into_the_catalogue_with_cached_thumbnails(pc_local, emul
     # The sync drew its listing requests from the shared v2 budget (250 / 300 s).
     windows = pc_local.budget().snapshot()["windows"]
     assert windows[0]["limit"] == 250 and windows[0]["used"] >= 2
+
+
+# --- one upload for a batch on one photo ------------------------------------------------------------------
+
+
+def test_a_batch_on_one_photo_uploads_it_once(pc, emulator, portrait_jpeg):
+    """Three jobs on one photo (a user trying three looks): one upload, three tasks."""
+    for _ in range(3):
+        outputs, _ = run(pc, job_input("pc_colorize", portrait_jpeg))
+        assert len(outputs) == 1
+    assert emulator.counters["uploads"] == 1 and emulator.counters["v2_creates"] == 3
+    sources = {tuple(task.inputs["src_ids"]) for task in emulator.tasks.values()}
+    assert len(sources) == 1
+    other = images.to_bytes(images.astronaut(2), "JPEG")  # another photo is a file of its own
+    run(pc, job_input("pc_colorize", other))
+    assert emulator.counters["uploads"] == 2
+
+
+def test_a_create_refused_on_a_file_the_vendor_no_longer_has_uploads_it_again(pc_local, emulator, portrait_jpeg):
+    run(pc_local, job_input("pc_colorize", portrait_jpeg))
+    emulator.files.clear()  # the vendor let the file go (retention, deletion, another account)
+    job = job_input("pc_colorize", portrait_jpeg)
+    outputs, _ = run(pc_local, job)
+    assert len(outputs) == 1
+    assert emulator.counters["uploads"] == 2 and emulator.counters["v2_creates"] == 2
+    assert job.state["reuploaded"] is True
+    run(pc_local, job_input("pc_colorize", portrait_jpeg))  # the new upload is the one remembered
+    assert emulator.counters["uploads"] == 2
+
+
+def test_a_create_refused_for_another_reason_is_tried_once_on_a_fresh_upload_then_fails(
+    pc_local, emulator, portrait_jpeg
+):
+    run(pc_local, job_input("pc_colorize", portrait_jpeg))
+    emulator.credits = 0
+    with pytest.raises(VendorError) as caught:
+        run(pc_local, job_input("pc_colorize", portrait_jpeg))
+    assert caught.value.message.startswith("This feature is temporarily unavailable")  # out of units
+    assert emulator.counters["uploads"] == 2 and emulator.counters["v2_creates"] == 1

@@ -409,3 +409,79 @@ def test_a_vendor_file_that_is_not_an_image_is_never_stored(owner_client, portra
     assert "damaged image" in job.error_message or "no image" in job.error_message
     assert not Result.objects.exists()
     assert not default_storage.exists(f"results/{job.pk}") or default_storage.listdir(f"results/{job.pk}") == ([], [])
+
+
+# --- Kept-alive connections: shared for API calls, never for a pinned download ---------------
+
+
+class _KeepAlive(BaseHTTPRequestHandler):
+    """HTTP/1.1 with Content-Length: a client may send many requests on one connection."""
+
+    protocol_version = "HTTP/1.1"
+    ports: list[int] = []
+
+    def do_GET(self):  # noqa: N802
+        type(self).ports.append(self.client_address[1])
+        body = JPEG if self.path.endswith(".jpg") else b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg" if self.path.endswith(".jpg") else "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def keep_alive_server():
+    _KeepAlive.ports = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAlive)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _KeepAlive.ports
+    server.shutdown()
+    server.server_close()
+
+
+def _status_in_child(base_url: str, pipe) -> None:
+    try:
+        VendorHttp(vendor="Acme", base_url=base_url, retries=0).request("GET", "/status")
+        pipe.send("ok")
+    except BaseException as exc:  # noqa: BLE001  (reported to the parent, which fails the test)
+        pipe.send(repr(exc))
+
+
+@pytest.mark.backend_free
+def test_api_calls_of_one_process_share_a_kept_alive_connection_and_a_fork_opens_its_own(keep_alive_server):
+    import multiprocessing
+
+    base_url, ports = keep_alive_server
+    for _ in range(3):  # adapters build a VendorHttp per call
+        http = VendorHttp(vendor="Acme", base_url=base_url, retries=0)
+        assert http.request("GET", "/status").json() == {"ok": True}
+        http.close()  # leaves the process's client (and its connection) open
+    assert len(ports) == 3 and len(set(ports)) == 1, ports
+
+    parent_end, child_end = multiprocessing.Pipe()
+    child = multiprocessing.get_context("fork").Process(target=_status_in_child, args=(base_url, child_end))
+    child.start()
+    child.join(10)
+    assert parent_end.recv() == "ok"
+    assert len(ports) == 4 and ports[3] != ports[0], "the child sent on its parent's socket"
+
+
+@pytest.mark.backend_free
+def test_a_download_pinned_to_an_address_gets_a_connection_of_its_own(keep_alive_server, dns, monkeypatch):
+    """Two host names on one address (a CDN): a kept connection, verified for the first, must not
+    carry the second's download. Loopback stands in for the public address here."""
+    base_url, ports = keep_alive_server
+    port = base_url.rsplit(":", 1)[1]
+    dns["a.cdn.example"] = dns["b.cdn.example"] = ["127.0.0.1"]
+    monkeypatch.setattr(vendor_http, "is_public_address", lambda address: True)
+    http = VendorHttp(vendor="Acme", base_url=base_url, retries=0)
+    for host in ("a.cdn.example", "b.cdn.example", "a.cdn.example"):
+        data, _ = http.download(f"http://{host}:{port}/result.jpg")
+        assert data == JPEG
+    assert len(ports) == 3 and len(set(ports)) == 3, ports

@@ -4,7 +4,7 @@ A job can be stranded two ways, and each is recognised from our own table:
 
 - Orphaned: RUNNING, but its heartbeat is older than STUDIO_JOB_ORPHAN_SECONDS.
   A side thread in the worker keeps the heartbeat fresh whatever the job is
-  doing (studio.jobs.run._heartbeat), so only a dead worker (SIGKILL, out of memory,
+  doing (studio/jobs/heartbeat.py), so only a dead worker (SIGKILL, out of memory,
   a machine gone) lets it go stale. The job goes back to QUEUED and is sent
   again; the next run resumes polling the vendor task it persisted, or
   re-submits with the same request_id, which the vendor de-duplicates.

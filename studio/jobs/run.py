@@ -11,21 +11,19 @@ state with a message.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from contextlib import contextmanager
 from typing import Any
 
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from studio import imaging, templates_library, wakeup
 from studio.errors import GENERIC_FAILURE, TIMED_OUT
-from studio.jobs import create
-from studio.models import Job, Result
+from studio.jobs import create, heartbeat
+from studio.models import Job, Photo, Result
 from studio.photos import read_stored
 from studio.vendors.base import JobInput, Output, Progress, VendorError, get_provider
 
@@ -40,7 +38,7 @@ def job_claim(job_id) -> bool:
 
     A job left "running" by a worker that died (no heartbeat for
     STUDIO_JOB_ORPHAN_SECONDS: a live worker beats far more often, see
-    `_heartbeat`) can be claimed again, so it resumes instead of waiting for
+    studio/jobs/heartbeat.py) can be claimed again, so it resumes instead of waiting for
     the sweeper. A duplicate message for a job that is running or finished
     finds nothing to claim: that is what makes a re-sent message harmless.
     """
@@ -122,47 +120,11 @@ def job_report(job_id, stage: str, fraction: float | None = None) -> None:
     Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(**values)
 
 
-@contextmanager
-def _heartbeat(job_id, attempt: int):
-    """Keep a running job's heartbeat fresh from a side thread, whatever the job is doing.
-
-    A long synchronous vendor call (the Headshot API may take 3 minutes to
-    answer) must not look like a dead worker, and a worker killed with SIGKILL
-    must stop beating at once: this thread does both. It stops by itself when
-    the job is no longer this run's (finished, or claimed again elsewhere
-    after this worker was given up for dead).
-    """
-    stop = threading.Event()
-    every = settings.STUDIO_JOB_ORPHAN_SECONDS / 3
-
-    def beat():
-        try:
-            while not stop.wait(every):
-                try:
-                    mine = Job.objects.filter(pk=job_id, status=Job.Status.RUNNING, attempts=attempt).update(
-                        heartbeat_at=timezone.now()
-                    )
-                except Exception:  # e.g. the database briefly unreachable: try again next beat
-                    log.warning("heartbeat of job %s failed", job_id, exc_info=True)
-                    continue
-                if not mine:
-                    return
-        finally:
-            connection.close()  # this thread's own connection
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-
-
 # --- running it ---------------------------------------------------------------------------
 
 
 RAN, SKIPPED = "ran", "skipped"
+PHOTO_DELETED = "The photo for this job was deleted. Upload it again to run the job."
 PARKED = "parked"  # a step ended with the job waiting for its vendor
 
 
@@ -193,10 +155,11 @@ def job_run(job_id) -> str:
 
 def job_step(job_id, *, first: bool) -> str | None:
     """One claimed step: the start (or resumption) of a run, a poll, or the download."""
-    job = Job.objects.select_related("photo", "photo__source_result__job", "reference_photo").get(pk=job_id)
+    # The photo's rows are read only by a step that uses them (a submit): see _run_claimed.
+    job = Job.objects.get(pk=job_id)
     # "claimed" once per run (the exactly-once test counts these lines), "step" for each later step.
     log.info("job %s %s (attempt %s)", job.pk, "claimed" if first else "step", job.attempts)
-    with _heartbeat(job.pk, job.attempts):
+    with heartbeat.beating(job.pk, job.attempts):
         return _run_claimed_to_the_end(job, resumed=first)
 
 
@@ -210,6 +173,8 @@ def _run_claimed_to_the_end(job: Job, *, resumed: bool = True) -> str | None:
         # out hands the job back to the queue (it has sent nothing yet).
         if not (getattr(exc, "requeue", False) and job_requeue(job.pk, exc.message)):
             job_mark_failed(job.pk, exc.message)
+    except Photo.DoesNotExist:  # deleted while this step ran (its rows are read on first use)
+        job_mark_failed(job.pk, PHOTO_DELETED)
     except Exception:
         log.exception("job %s crashed", job.pk)
         job_mark_failed(job.pk, GENERIC_FAILURE)
@@ -227,22 +192,22 @@ def _run_claimed(job: Job, *, resumed: bool = True) -> str | None:
     operation = job.operation_spec
     if operation is None:
         raise VendorError("This operation is no longer offered. Please pick another one.")
-    if job.photo is None and operation.inputs.selfie:
-        raise VendorError("The photo for this job was deleted. Upload it again to run the job.")
+    has_photo = job.photo_id is not None
+    if not has_photo and operation.inputs.selfie:
+        raise VendorError(PHOTO_DELETED)
     provider = get_provider(job.provider)
-    source = job.photo.source_result if job.photo else None
     job_input = JobInput(
         job_id=str(job.pk),
         operation=operation,
         params=job.params,
-        # Files are read when a provider first uses them (a poll doesn't): see JobInput.
-        image=(lambda: read_stored(job.photo.image)) if job.photo else b"",  # b"": a text-only operation
-        faces=job.photo.face_boxes if job.photo else [],
+        # The photo (its row, its file) is read when a provider first uses it; a poll doesn't: see JobInput.
+        image=(lambda: read_stored(job.photo.image)) if has_photo else b"",  # b"": a text-only operation
+        faces=(lambda: job.photo.face_boxes) if has_photo else [],
         request_id=job.request_id,
-        reference=(lambda: read_stored(job.reference_photo.image)) if job.reference_photo else None,
+        reference=(lambda: read_stored(job.reference_photo.image)) if job.reference_photo_id else None,
         mask=(lambda: read_stored(job.mask)) if job.mask else None,
-        source_meta={**source.job.vendor_meta, **source.meta, "provider": source.job.provider} if source else {},
-        photo_id=str(job.photo.pk) if job.photo else "",
+        source_meta=(lambda: _source_meta(job)) if has_photo else {},
+        photo_id=str(job.photo_id) if has_photo else "",
         sandbox=job.sandbox,
         state=dict(job.vendor_state),
         report=lambda stage, fraction=None: job_report(job.pk, stage, fraction),
@@ -271,6 +236,12 @@ def _run_claimed(job: Job, *, resumed: bool = True) -> str | None:
     job_report(job.pk, "Saving results", 0.97)
     _record_vendor_report(job, progress)
     _store_outputs(job, provider.fetch_results(job_input, progress))
+
+
+def _source_meta(job: Job) -> dict[str, Any]:
+    """The vendor's bookkeeping of the result this job's photo came from (e.g. Perfect Corp's dst_id)."""
+    source = job.photo.source_result
+    return {**source.job.vendor_meta, **source.meta, "provider": source.job.provider} if source else {}
 
 
 def _pause_before_poll(progress: Progress, deadline: float) -> float:

@@ -94,10 +94,12 @@ class JobInput:
 
 
 class _ReadOnFirstUse:
-    """A JobInput file given as a zero-argument function is read the first time it is used.
+    """A JobInput file (or photo detail) given as a zero-argument function is read the
+    first time it is used.
 
     The job runner builds a JobInput for every step of a job, and most steps
-    (a poll) never look at the photo: on S3 that would be a download per poll.
+    (a poll) never look at the photo: on S3 that would be a download per poll,
+    and every step would load the photo's row (and its source's) for nothing.
     """
 
     def __set_name__(self, owner, name):
@@ -116,7 +118,7 @@ class _ReadOnFirstUse:
 
 
 # Installed after @dataclass made __init__, whose assignments now go through them.
-for _name in ("image", "reference", "mask"):
+for _name in ("image", "reference", "mask", "faces", "source_meta"):
     _field = _ReadOnFirstUse()
     _field.__set_name__(JobInput, _name)
     setattr(JobInput, _name, _field)

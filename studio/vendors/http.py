@@ -15,11 +15,14 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import os
 import random
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -90,6 +93,38 @@ def _tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+# Idle connections are closed after a few seconds, well before a vendor's front end
+# would (typically a minute or more), so a kept connection is not one the server
+# is closing just as a request goes out on it.
+KEEPALIVE = httpx.Limits(max_connections=None, max_keepalive_connections=32, keepalive_expiry=5.0)
+
+
+def _new_client(base_url: str, timeout: httpx.Timeout, transport: httpx.BaseTransport | None) -> httpx.Client:
+    return httpx.Client(
+        base_url=base_url, transport=transport, timeout=timeout, follow_redirects=False, verify=_tls_context(),
+        limits=KEEPALIVE,
+    )
+
+
+_clients: dict[tuple, httpx.Client] = {}
+_clients_lock = threading.Lock()
+
+
+def _shared_client(base_url: str, timeout: httpx.Timeout) -> httpx.Client:
+    """One client per vendor endpoint per process, shared by its threads (httpx's Client
+    is thread-safe): calls reuse its kept-alive connections instead of opening (and,
+    against a vendor, TLS-handshaking) one per call, and no client is built per call.
+    Keyed by process id too: a forked process must not use its parent's sockets."""
+    key = (os.getpid(), base_url, tuple(sorted(timeout.as_dict().items())))
+    client = _clients.get(key)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(key)
+            if client is None:
+                client = _clients[key] = _new_client(base_url, timeout, None)
+    return client
+
+
 @dataclass
 class VendorHttp:
     """httpx with our retry policy and error messages, for one vendor."""
@@ -111,16 +146,29 @@ class VendorHttp:
     private_origins: frozenset[tuple[str, int]] = frozenset()
 
     def __post_init__(self):
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            transport=self.transport,
-            timeout=self.timeout,
-            follow_redirects=False,
-            verify=_tls_context(),
-        )
+        if self.transport is None:
+            self._client, self._shared = _shared_client(self.base_url, self.timeout), True
+        else:  # an in-process emulator (tests): a client of its own
+            self._client, self._shared = _new_client(self.base_url, self.timeout, self.transport), False
 
     def close(self) -> None:
-        self._client.close()
+        if not self._shared:  # the process's client stays open for the next call
+            self._client.close()
+
+    @contextmanager
+    def _client_for(self, pinned_address: str | None):
+        """The client for a download. One aimed at a vetted address (with the link's host name
+        as TLS server name) gets a connection of its own: a pool matches connections by
+        address only, so a kept one, verified for another host on that address (a CDN),
+        would carry it."""
+        if pinned_address is None or not self._shared:
+            yield self._client
+            return
+        client = _new_client(self.base_url, self.timeout, None)
+        try:
+            yield client
+        finally:
+            client.close()
 
     def _wait(self, seconds: float) -> None:
         (self.sleep or pause)(seconds)
@@ -271,7 +319,7 @@ class VendorHttp:
             if self.before_request:
                 self.before_request("GET", url)
             try:
-                with self._client.stream(
+                with self._client_for(address) as client, client.stream(
                     "GET", request_url, headers=headers, extensions=extensions, timeout=timeout
                 ) as response:
                     if response.is_redirect:

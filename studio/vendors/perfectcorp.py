@@ -22,6 +22,7 @@ request_id, so its create call is never sent twice (see `_v2_start`).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 import json
@@ -29,7 +30,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -767,9 +768,9 @@ class PerfectCorpProvider(RemoteProvider):
             json={"request_id": request_id, "payload": payload},
         )
         if status >= 400:
-            if status == 404 and not job.state.get("reuploaded"):
-                # Run on a file whose bytes never arrived: upload again, once.
-                job.save_state(uploads={}, reuploaded=True, run_index=run_index + 1)
+            if self._upload_again(job, status, bool(job.state.get("borrowed_files"))):
+                # Run on a file whose bytes never arrived, or no longer there: upload again, once.
+                job.save_state(uploads={}, reuploaded=True, borrowed_files=None, run_index=run_index + 1)
                 budget.extend(job.job_id, len(feature.file_sets) + 1)
                 return self._start(job, feature, prepared, budget, attempt=attempt)
             if status == 400 and used_dst and body.get("error_code") in (None, "InvalidParameters", "BadRequest"):
@@ -828,11 +829,33 @@ class PerfectCorpProvider(RemoteProvider):
                 file_sets[slot] = [saved[0]]  # a resumed job: the file is already there
                 continue
             data, name, content_type = sources[slot]
-            file_id = self._upload(job, feature, data, name, content_type, budget)
+            send = functools.partial(self._upload, job, feature, data, name, content_type, budget)
+            file_id, borrowed = self._uploaded_once(job, data, self.path_segment(feature), send)
             uploads[slot] = [file_id, time.time()]
-            job.save_state(uploads=uploads)
+            job.save_state(uploads=uploads, **({"borrowed_files": True} if borrowed else {}))
             file_sets[slot] = [file_id]
         return file_sets
+
+    def _uploaded_once(self, job: JobInput, data: bytes, file_api: str, upload: Callable[[], str]) -> tuple[str, bool]:
+        """(file id, borrowed): the id of this file as uploaded lately to this account
+        (`_recent_uploads`; borrowed), else what `upload()` returns. A job whose create
+        was refused on a borrowed file uploads its own (`reuploaded`), past the memory."""
+        where = (self._namespace(), file_api)
+        if job.state.get("reuploaded"):
+            _recent_uploads.forget(data, where)
+        sent = []
+        file_id = _recent_uploads.get_or_make(
+            data, where, lambda: sent.append(1) or upload(), ttl=settings.PERFECTCORP_UPLOAD_REUSE_S
+        )
+        return file_id, not sent
+
+    @staticmethod
+    def _upload_again(job: JobInput, status: int, borrowed: bool) -> bool:
+        """Whether a refused create (4xx: no task exists, nothing billed) is sent once more
+        on files uploaded anew: its file never arrived (404, §2), or it was one uploaded for
+        an earlier job that the vendor may no longer keep (it does not document how it
+        refuses an unknown file id)."""
+        return not job.state.get("reuploaded") and (status == 404 or (borrowed and 400 <= status < 500))
 
     def _upload(
         self, job: JobInput, feature: Feature, data: bytes, name: str, content_type: str, budget: RequestBudget
@@ -954,8 +977,8 @@ class PerfectCorpProvider(RemoteProvider):
             budget.release(job.job_id)
             raise VendorError(message, permanent=True)
         job.save_state(run_index=int(job.state.get("run_index", 0)) + 1)  # a new request_id
-        if reason in REUPLOAD:
-            job.save_state(uploads={}, dst_failed=True)
+        if reason in REUPLOAD:  # the vendor could not read the file: a fresh upload, not a remembered one
+            job.save_state(uploads={}, dst_failed=True, reuploaded=True)
         prepared = self.preflight(job, feature)
         budget.extend(job.job_id, self.expected_requests(feature, job))
         job.save_state(task_id=None)  # a new task, not the failed one (v2 reuses a saved task id)
@@ -1098,16 +1121,23 @@ class PerfectCorpProvider(RemoteProvider):
         }
         uploads: dict[str, list] = dict(job.state.get("uploads") or {})
         file_ids: dict[str, str] = {}
+        borrowed_any = False
         for source, field in v2.files_for(op_key, with_reference=bool(prepared.reference)):
             saved = uploads.get(field)
             if saved and time.time() - saved[1] < UPLOAD_VALID_S - 3600:
                 file_ids[field] = saved[0]
                 continue
-            file_ids[field] = self._v2_upload(job, *sources[source], budget)
+            data, name, content_type = sources[source]
+            send = functools.partial(self._v2_upload, job, data, name, content_type, budget)
+            file_ids[field], borrowed = self._uploaded_once(job, data, "v2", send)
             uploads[field] = [file_ids[field], time.time()]
-            job.save_state(uploads=uploads)
+            if borrowed:
+                borrowed_any = True  # saved with the "creating" mark below: one write
+            else:
+                job.save_state(uploads=uploads)
         payload = v2.body(op_key, job.params, file_ids)
-        job.save_state(creating=time.time(), attempt=attempt, webhook=self.uses_webhooks())
+        job.save_state(creating=time.time(), attempt=attempt, webhook=self.uses_webhooks(), uploads=uploads,
+                       **({"borrowed_files": True} if borrowed_any else {}))
         try:
             status, body = self._v2_call(
                 "POST",
@@ -1133,9 +1163,9 @@ class PerfectCorpProvider(RemoteProvider):
             raise VendorError(UNCONFIRMED_CREATE, permanent=True)
         if status >= 400:
             job.save_state(creating=None)  # refused: no task exists
-            if status == 404 and not job.state.get("reuploaded"):
-                # A file whose bytes never arrived (§2): upload again, once.
-                job.save_state(uploads={}, reuploaded=True)
+            if self._upload_again(job, status, bool(job.state.get("borrowed_files"))):
+                # A file whose bytes never arrived (§2), or no longer there: upload again, once.
+                job.save_state(uploads={}, reuploaded=True, borrowed_files=None)
                 budget.extend(job.job_id, len(file_ids) + 1)
                 return self._v2_start(job, feature, prepared, budget, attempt=attempt)
             self._raise_http(status, body, during="the task")
@@ -1405,6 +1435,15 @@ class _PreparedPhoto:
 
 # Personal data: a few entries, a minute each, this process only (see recent_photos).
 _prepared_photos: RecentlyPrepared[_PreparedPhoto] = RecentlyPrepared(entries=4, ttl=60.0)
+
+# The file ids of files uploaded lately, by their bytes and where they went (protocol, base
+# URL, account; v1 also the feature, whose file API it is): a batch of styles on one photo
+# uploads it once. Perfect Corp lets one file serve many tasks while it keeps it (v1.0: "to get
+# a new result from the same file, increment request_id"; files kept a day, vendor-apis.md
+# §1.9.4-5; v2's retention page: 30 days, secondary source); ten minutes by default is inside
+# that (PERFECTCORP_UPLOAD_REUSE_S, 0 turns it off). A create refused on a remembered file is
+# sent once more on a fresh upload (`_upload_again`). Ids only, no bytes; this process only.
+_recent_uploads: RecentlyPrepared[str] = RecentlyPrepared(entries=32)
 
 
 def _prepare_photo(data: bytes, max_side: int | None) -> _PreparedPhoto:

@@ -30,8 +30,12 @@ class RecentlyPrepared(Generic[T]):
         self._items: OrderedDict[tuple, tuple[float, T]] = OrderedDict()
         self._lock = threading.Lock()  # worker threads share the process's cache
 
-    def get_or_make(self, photo: bytes, limits: Hashable, make: Callable[[], T]) -> T:
-        """What `make()` returns for this photo and these limits, made at most once a minute."""
+    def get_or_make(self, photo: bytes, limits: Hashable, make: Callable[[], T], *, ttl: float | None = None) -> T:
+        """What `make()` returns for this photo and these limits, made at most once a minute
+        (or once per `ttl` seconds, if given; 0 makes it every time and keeps nothing)."""
+        ttl = self.ttl if ttl is None else ttl
+        if ttl <= 0:
+            return make()
         key = (hashlib.sha256(photo).digest(), limits)
         with self._lock:
             self._drop_expired()
@@ -42,11 +46,16 @@ class RecentlyPrepared(Generic[T]):
         # Made outside the lock: two threads may both make one photo, never wait on each other.
         value = make()
         with self._lock:
-            self._items[key] = (self.clock() + self.ttl, value)
+            self._items[key] = (self.clock() + ttl, value)
             self._items.move_to_end(key)
             while len(self._items) > self.entries:
                 self._items.popitem(last=False)
         return value
+
+    def forget(self, photo: bytes, limits: Hashable) -> None:
+        """Drop what was made for this photo and these limits (it turned out unusable)."""
+        with self._lock:
+            self._items.pop((hashlib.sha256(photo).digest(), limits), None)
 
     def clear(self) -> None:
         with self._lock:
