@@ -64,7 +64,7 @@ def _new_run(now) -> dict[str, Any]:
     }
 
 
-def job_claim_step(job_id, *, owner: str = "", due_only: bool = True) -> bool | None:
+def job_claim_step(job_id, *, owner: str = "", due_only: bool = True, new_run: bool | None = None) -> bool | None:
     """Take a job's due step (studio/jobs/steps.py) for the one caller that gets it.
 
     True: a queued job, whose new run starts (attempts + 1, as job_claim);
@@ -72,16 +72,24 @@ def job_claim_step(job_id, *, owner: str = "", due_only: bool = True) -> bool | 
     None: not taken (another runner has it, it is not due, or it ended).
     `owner` names the step runner, so a dead runner's steps can be given back;
     due_only=False takes a step before its time (a wait a webhook cut short).
+    `new_run`, when the caller saw the job's status, says which of the two claims to try.
     """
     now = timezone.now()
     due = Job.objects.filter(pk=job_id, step_due_at__isnull=False)
     if due_only:
         due = due.filter(step_due_at__lte=now)
-    if due.filter(status=Job.Status.QUEUED).update(**_new_run(now), step_owner=owner):
-        return True
-    if due.filter(status=Job.Status.RUNNING).update(step_due_at=None, heartbeat_at=now, step_owner=owner):
-        return False
-    return None
+
+    def start_run() -> bool:
+        return bool(due.filter(status=Job.Status.QUEUED).update(**_new_run(now), step_owner=owner))
+
+    def take_step() -> bool:
+        return bool(due.filter(status=Job.Status.RUNNING).update(step_due_at=None, heartbeat_at=now, step_owner=owner))
+
+    if new_run is not None:
+        # One write, even for a claim another runner won: a job whose status changed since
+        # the caller looked is seen as it is now at its next look.
+        return (True if start_run() else None) if new_run else (False if take_step() else None)
+    return True if start_run() else False if take_step() else None
 
 
 def job_park(job: Job, seconds: float, *, progress: Progress | None = None) -> bool:
@@ -277,21 +285,27 @@ class _JobNoLongerRunning(Exception):
 def _store_outputs(job: Job, outputs: list[Output]) -> None:
     """Verify each output decodes as an image, then store it with a thumbnail.
 
-    Files are written before their rows commit, so on any failure the files
-    written so far are deleted too: a rollback alone would leave them orphaned.
+    The images are checked and their files written before the transaction
+    that adds their rows and ends the job: on SQLite that transaction holds
+    the one write lock every process shares, and decoding and thumbnailing
+    inside it (tens of milliseconds a result) made every other job's writes
+    wait. On any failure the files written so far are deleted too: a
+    rollback alone would leave them orphaned.
     """
     if not outputs:
         raise VendorError("The service returned no image. Please try again.", permanent=False)
-    written: list = []
+    results: list[Result] = []
     try:
+        for index, output in enumerate(outputs):
+            results.append(_result_with_files(job, index, output))
         with transaction.atomic():
             # Only the run that holds the job now may store: a worker given up for
             # dead (its job claimed again under a new attempt) rolls back here.
             if not Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).exists():
                 raise _JobNoLongerRunning
             job.results.all().delete()  # a resumed run replaces partial results
-            for index, output in enumerate(outputs):
-                written += _store_output(job, index, output)
+            for result in results:
+                result.save()
             updated = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).update(
                 status=Job.Status.SUCCEEDED, stage="Done", progress=1.0, finished_at=timezone.now()
             )
@@ -300,20 +314,28 @@ def _store_outputs(job: Job, outputs: list[Output]) -> None:
                 raise _JobNoLongerRunning
             _after_job_ended(job.pk)
     except BaseException as exc:
-        for field in written:
-            field.storage.delete(field.name)
+        for result in results:
+            for field in (result.image, result.thumbnail):
+                if field:
+                    field.storage.delete(field.name)
         if isinstance(exc, _JobNoLongerRunning):
             return
         raise
 
 
-def _store_output(job: Job, index: int, output: Output) -> list:
-    """Save one output as a Result; returns the file fields it wrote."""
+def _result_with_files(job: Job, index: int, output: Output) -> Result:
+    """One output checked and written to storage with its thumbnail, as an unsaved Result.
+
+    Its files are deleted by the caller if the row is never saved (`_store_outputs`).
+    """
     try:
         # Untrusted until decoded; stored upright and without any metadata.
         data, content_type, image = imaging.clean_output(output.data)
     except imaging.ImageRejected:
         raise VendorError("The service returned a damaged image. Please try again.", permanent=False) from None
+    # From the image clean_output decoded: a cut-out keeps its transparency in a PNG
+    # thumbnail (shown on a checkerboard), anything opaque gets a JPEG one.
+    thumbnail, ext = imaging.result_thumbnail(image)
     result = Result(
         job=job,
         index=index,
@@ -325,12 +347,12 @@ def _store_output(job: Job, index: int, output: Output) -> list:
     )
     name = f"{index + 1}.{'png' if content_type == 'image/png' else 'jpg'}"
     result.image.save(name, ContentFile(data), save=False)
-    # From the image clean_output decoded: a cut-out keeps its transparency in a PNG
-    # thumbnail (shown on a checkerboard), anything opaque gets a JPEG one.
-    thumbnail, ext = imaging.result_thumbnail(image)
-    result.thumbnail.save(f"{index + 1}-thumb.{ext}", ContentFile(thumbnail), save=False)
-    result.save()
-    return [result.image, result.thumbnail]
+    try:
+        result.thumbnail.save(f"{index + 1}-thumb.{ext}", ContentFile(thumbnail), save=False)
+    except BaseException:
+        result.image.storage.delete(result.image.name)
+        raise
+    return result
 
 
 # --- ending a run otherwise ---------------------------------------------------------------

@@ -40,6 +40,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
@@ -77,8 +78,9 @@ def providers_with(flag: str) -> tuple[str, ...]:
     return tuple(key for key in PROVIDERS if getattr(get_provider(key), flag))
 
 
-def due_job_ids(limit: int, *, slow: bool | None = None, now=None) -> list:
-    """Jobs whose next step is due; `slow` picks the slow-call providers' (or the others)."""
+def due_steps(limit: int, *, slow: bool | None = None, now=None) -> list[tuple[Any, bool, int]]:
+    """(job id, whether it is a new run, urgency) of the jobs whose next step is due, most
+    urgent first; `slow` picks the slow-call providers' (or the others)."""
     due = Job.objects.filter(
         status__in=(Job.Status.QUEUED, Job.Status.RUNNING), step_due_at__lte=now or timezone.now()
     )
@@ -95,7 +97,13 @@ def due_job_ids(limit: int, *, slow: bool | None = None, now=None) -> list:
         When(status=Job.Status.RUNNING, then=Value(1)),
         default=Value(2),
     )
-    return list(due.order_by(urgency, "step_due_at").values_list("pk", flat=True)[:limit])
+    rows = due.annotate(urgency=urgency).order_by("urgency", "step_due_at").values_list("pk", "status", "urgency")
+    return [(pk, status == Job.Status.QUEUED, rank) for pk, status, rank in rows[:limit]]
+
+
+def due_job_ids(limit: int, *, slow: bool | None = None, now=None) -> list:
+    """Ids of the jobs whose next step is due, most urgent first (see due_steps)."""
+    return [pk for pk, _, _ in due_steps(limit, slow=slow, now=now)]
 
 
 class Stepper:
@@ -115,21 +123,29 @@ class Stepper:
     def tick(self) -> int:
         """Claim and start the due steps there is room for; how many it started."""
         started = 0
+        started_now = {False: 0, True: 0}
         for slow in (False, True):
             with self.lock:
                 free = self.capacity[slow] - self.in_flight[slow]
             if free <= 0:
                 continue
-            candidates = due_job_ids(free, slow=slow)
-            random.shuffle(candidates)  # other runners look at the same rows
-            for pk in candidates:
-                first = run.job_claim_step(pk, owner=self.owner)
+            # Other runners look at the same rows at the same moments: each takes from a few
+            # times more than it has room for, in its own order within each urgency, so two
+            # seldom reach for the same job (a claim that loses costs a write for nothing).
+            candidates = due_steps(free * 3, slow=slow)
+            random.shuffle(candidates)
+            candidates.sort(key=lambda step: step[2])  # stable: still shuffled within an urgency
+            for pk, new_run, _ in candidates:
+                if started_now[slow] == free:
+                    break
+                first = run.job_claim_step(pk, owner=self.owner, new_run=new_run)
                 if first is None:
                     continue  # another runner took it, or it ended
                 with self.lock:
                     self.in_flight[slow] += 1
                 self.pools[slow].submit(self._run, pk, first, slow)
                 started += 1
+                started_now[slow] += 1
         return started
 
     def _run(self, pk, first: bool, slow: bool) -> None:
