@@ -279,3 +279,19 @@ def test_a_ring_removes_the_socket_of_a_runner_that_is_gone(settings):
     doorbell.ring()
     assert not gone.exists()
 
+
+
+def test_due_steps_come_most_urgent_first_and_only_when_due():
+    """The query is built once and run with each look's own "now" (steps._due_sql)."""
+    now = timezone.now()
+    later = _parked_wavespeed_job(3600)  # its backstop poll is an hour away
+    download = _parked_wavespeed_job(-2)  # a webhook made its next step due
+    new_run = Job.objects.create(**OWNER.fields(), operation="ws_portrait", provider="wavespeed", params={},
+                                 status=Job.Status.QUEUED, step_due_at=now - timezone.timedelta(seconds=5))
+    pc_poll = Job.objects.create(**OWNER.fields(), operation="pc_colorize", provider="perfectcorp", params={},
+                                 status=Job.Status.RUNNING, attempts=1, step_due_at=now)
+    assert steps.due_steps(10) == [(pc_poll.pk, False, 0), (download.pk, False, 1), (new_run.pk, True, 2)]
+    assert steps.due_job_ids(2) == [pc_poll.pk, download.pk]
+    in_two_hours = now + timezone.timedelta(hours=2)
+    assert [pk for pk, _, _ in steps.due_steps(10, now=in_two_hours)] == [pc_poll.pk, download.pk, later.pk, new_run.pk]
+    assert steps.due_steps(10, now=now - timezone.timedelta(minutes=1)) == []

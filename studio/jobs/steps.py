@@ -40,10 +40,11 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, connection, connections, router, transaction
 from django.db.models import Case, Value, When
 from django.utils import timezone
 
@@ -81,13 +82,23 @@ def providers_with(flag: str) -> tuple[str, ...]:
 def due_steps(limit: int, *, slow: bool | None = None, now=None) -> list[tuple[Any, bool, int]]:
     """(job id, whether it is a new run, urgency) of the jobs whose next step is due, most
     urgent first; `slow` picks the slow-call providers' (or the others)."""
-    due = Job.objects.filter(
-        status__in=(Job.Status.QUEUED, Job.Status.RUNNING), step_due_at__lte=now or timezone.now()
-    )
+    if slow and not providers_with("slow_calls"):
+        return []
+    alias = router.db_for_read(Job)
+    sql, params, now_at = _due_sql(alias, slow, limit)
+    params = list(params)  # the cached list stays as built
+    params[now_at] = connections[alias].ops.adapt_datetimefield_value(now or timezone.now())
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    to_pk = Job._meta.pk.to_python
+    return [(to_pk(pk), status == Job.Status.QUEUED, rank) for pk, status, rank in rows]
+
+
+def _due_queryset(slow: bool | None, now):
+    due = Job.objects.filter(status__in=(Job.Status.QUEUED, Job.Status.RUNNING), step_due_at__lte=now)
     if slow is not None:
         slow_keys = providers_with("slow_calls")
-        if slow and not slow_keys:
-            return []
         due = due.filter(provider__in=slow_keys) if slow else due.exclude(provider__in=slow_keys)
     # Polls that expire first (Perfect Corp's 10-second rule), then the other steps of runs
     # in progress (a poll, a download), then new runs (a submit): a poll that waits behind a
@@ -97,8 +108,21 @@ def due_steps(limit: int, *, slow: bool | None = None, now=None) -> list[tuple[A
         When(status=Job.Status.RUNNING, then=Value(1)),
         default=Value(2),
     )
-    rows = due.annotate(urgency=urgency).order_by("urgency", "step_due_at").values_list("pk", "status", "urgency")
-    return [(pk, status == Job.Status.QUEUED, rank) for pk, status, rank in rows[:limit]]
+    return due.annotate(urgency=urgency).order_by("urgency", "step_due_at").values_list("pk", "status", "urgency")
+
+
+_PLACEHOLDER_NOW = datetime(2000, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+
+@functools.lru_cache(maxsize=256)
+def _due_sql(alias: str, slow: bool | None, limit: int) -> tuple[str, list, int]:
+    """The due-steps query as SQL, built by the ORM once per process (per class and limit),
+    and where in its parameters "now" goes. The runner looks up to 50 times a second, and
+    building the query took about 20 times as long as running it (2.5 ms a look, 0.1 ms)."""
+    query = _due_queryset(slow, _PLACEHOLDER_NOW)[:limit].query
+    sql, params = query.get_compiler(using=alias).as_sql()
+    placeholder = connections[alias].ops.adapt_datetimefield_value(_PLACEHOLDER_NOW)
+    return sql, list(params), list(params).index(placeholder)
 
 
 def due_job_ids(limit: int, *, slow: bool | None = None, now=None) -> list:
@@ -118,16 +142,23 @@ class Stepper:
         }
         self.in_flight = {False: 0, True: 0}
         self.lock = threading.Lock()
-        self.freed = threading.Event()  # set when a step ends: its thread can take the next at once
+        # Set when the runner should look for due steps now: a ring, or a step's end while the
+        # last look left due steps waiting (its thread can take the next at once). A step that
+        # ends when nothing was waiting sets nothing: the next ring or tick finds new work, and
+        # at a steady trickle of jobs most looks would otherwise find nothing.
+        self.freed = threading.Event()
+        self.backlog = True
 
     def tick(self) -> int:
         """Claim and start the due steps there is room for; how many it started."""
         started = 0
         started_now = {False: 0, True: 0}
+        waiting = False
         for slow in (False, True):
             with self.lock:
                 free = self.capacity[slow] - self.in_flight[slow]
             if free <= 0:
+                waiting = True  # not looked at: there may be steps waiting for a thread
                 continue
             # Other runners look at the same rows at the same moments: each takes from a few
             # times more than it has room for, in its own order within each urgency, so two
@@ -146,6 +177,8 @@ class Stepper:
                 self.pools[slow].submit(self._run, pk, first, slow)
                 started += 1
                 started_now[slow] += 1
+            waiting = waiting or len(candidates) > started_now[slow]
+        self.backlog = waiting
         return started
 
     def _run(self, pk, first: bool, slow: bool) -> None:
@@ -157,7 +190,8 @@ class Stepper:
         finally:
             with self.lock:
                 self.in_flight[slow] -= 1
-            self.freed.set()
+            if self.backlog:
+                self.freed.set()
 
     def busy(self) -> int:
         with self.lock:
