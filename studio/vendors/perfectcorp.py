@@ -768,7 +768,7 @@ class PerfectCorpProvider(RemoteProvider):
             json={"request_id": request_id, "payload": payload},
         )
         if status >= 400:
-            if self._upload_again(job, status, bool(job.state.get("borrowed_files"))):
+            if self._upload_again(job, status):
                 # Run on a file whose bytes never arrived, or no longer there: upload again, once.
                 job.save_state(uploads={}, reuploaded=True, borrowed_files=None, run_index=run_index + 1)
                 budget.extend(job.job_id, len(feature.file_sets) + 1)
@@ -850,11 +850,12 @@ class PerfectCorpProvider(RemoteProvider):
         return file_id, not sent
 
     @staticmethod
-    def _upload_again(job: JobInput, status: int, borrowed: bool) -> bool:
+    def _upload_again(job: JobInput, status: int) -> bool:
         """Whether a refused create (4xx: no task exists, nothing billed) is sent once more
         on files uploaded anew: its file never arrived (404, §2), or it was one uploaded for
         an earlier job that the vendor may no longer keep (it does not document how it
         refuses an unknown file id)."""
+        borrowed = bool(job.state.get("borrowed_files"))
         return not job.state.get("reuploaded") and (status == 404 or (borrowed and 400 <= status < 500))
 
     def _upload(
@@ -1163,7 +1164,7 @@ class PerfectCorpProvider(RemoteProvider):
             raise VendorError(UNCONFIRMED_CREATE, permanent=True)
         if status >= 400:
             job.save_state(creating=None)  # refused: no task exists
-            if self._upload_again(job, status, bool(job.state.get("borrowed_files"))):
+            if self._upload_again(job, status):
                 # A file whose bytes never arrived (§2), or no longer there: upload again, once.
                 job.save_state(uploads={}, reuploaded=True, borrowed_files=None)
                 budget.extend(job.job_id, len(file_ids) + 1)
