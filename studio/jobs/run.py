@@ -299,20 +299,22 @@ def _store_outputs(job: Job, outputs: list[Output]) -> None:
         for index, output in enumerate(outputs):
             results.append(_result_with_files(job, index, output))
         with transaction.atomic():
-            # Only the run that holds the job now may store: a worker given up for
-            # dead (its job claimed again under a new attempt) rolls back here.
-            if not Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).exists():
-                raise _JobNoLongerRunning
-            job.results.all().delete()  # a resumed run replaces partial results
-            for result in results:
-                result.save()
+            # Only the run that holds the job now may store: a worker given up for dead (its
+            # job claimed again under a new attempt), or a job the sweeper failed meanwhile,
+            # rolls back here. The job ends first and its rows go in with it: readers see
+            # both at the commit, and the guard is the update itself (no separate read).
             updated = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).update(
                 status=Job.Status.SUCCEEDED, stage="Done", progress=1.0, finished_at=timezone.now()
             )
             if updated != 1:
-                # The sweeper failed the job, or another run took it over, meanwhile; keep that.
                 raise _JobNoLongerRunning
-            _after_job_ended(job.pk)
+            if job.attempts > 1:
+                # Results are only ever written here, with the job's end, so a first run
+                # has none; a later one replaces any a lost run might have left.
+                job.results.all().delete()
+            for result in results:
+                result.save()
+            _after_job_ended(job.pk, asked_for_email=job.notify_email)
     except BaseException as exc:
         for result in results:
             for field in (result.image, result.thumbnail):
@@ -381,8 +383,14 @@ def job_mark_failed(job_id, message: str) -> bool:
     return failed
 
 
-def _after_job_ended(job_id) -> None:
-    """Once the job's end is committed: the 'done' e-mail, if its batch asked for one and is finished."""
+def _after_job_ended(job_id, *, asked_for_email: bool = True) -> None:
+    """Once the job's end is committed: the 'done' e-mail, if its batch asked for one and is finished.
+
+    `asked_for_email=False` (the caller read the job's notify_email, set once at creation)
+    skips the check, a query per job.
+    """
+    if not asked_for_email:
+        return
 
     def notify():
         from studio import done_email
