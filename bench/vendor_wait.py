@@ -464,6 +464,10 @@ def measure(runner: Runner, jobs: int, cap: float, accepted: dict, finished_at: 
         "queued_p50_s": round(statistics.median(_when(r[3]) - _when(r[2]) for r in finished), 2) if finished else None,
         "claimed_to_stored_p50_s": round(statistics.median(_when(r[4]) - _when(r[3]) for r in finished), 2)
         if finished else None,
+        # How long the creating process took to create them all (a burst is "at once" only as
+        # fast as job_create runs), and when the vendor had accepted the last one.
+        "created_over_s": round(max(_when(r[2]) for r in rows.values()) - first, 2) if rows else None,
+        "last_accepted_s": round(max(accepted[r[5]] for r in timed) - first, 2) if timed else None,
         "vendor_timed": len(timed),
         "created_to_vendor_p50_s": round(statistics.median(to_vendor), 2) if to_vendor else None,
         "after_vendor_p50_ms": round(statistics.median(after_vendor) * 1000) if after_vendor else None,
