@@ -88,6 +88,16 @@ STATUS_TEXT = {429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad
 MALFORMED_BODY = b"<html><body>Service temporarily unavailable</body></html>"
 
 
+class VendorLikeHandler(BaseHTTPRequestHandler):
+    """What every emulator's HTTP server shares: kept-alive HTTP/1.1 connections, as a vendor's."""
+
+    protocol_version = "HTTP/1.1"
+    # TCP_NODELAY, as vendors' front ends set it: the headers and the body go out as
+    # two writes, and with Nagle's algorithm on a kept-alive connection the body waited
+    # for the client's delayed ACK of the headers (40 ms on Linux) on many answers.
+    disable_nagle_algorithm = True
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -262,13 +272,7 @@ class Emulator:
         """
         emulator = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # TCP_NODELAY, as vendors' front ends set it: the headers and the body go out as
-            # two writes, and with Nagle's algorithm on a kept-alive connection the body waited
-            # for the client's delayed ACK of the headers (40 ms on Linux) on many answers.
-            disable_nagle_algorithm = True
-
+        class Handler(VendorLikeHandler):
             def log_message(self, *args):  # keep test output quiet
                 pass
 

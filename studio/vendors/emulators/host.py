@@ -26,12 +26,12 @@ import threading
 import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from importlib import import_module
 
 import httpx
 
-from studio.vendors.emulators.base import Emulator, NetworkFault
+from studio.vendors.emulators.base import Emulator, NetworkFault, VendorLikeHandler
 
 # Provider key → dotted path of its emulator class.
 EMULATORS: dict[str, str] = {
@@ -118,13 +118,7 @@ class EmulatorHost:
         """
         host = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # TCP_NODELAY, as vendors' front ends set it: the headers and the body go out as
-            # two writes, and with Nagle's algorithm on a kept-alive connection the body waited
-            # for the client's delayed ACK of the headers (40 ms on Linux) on many answers.
-            disable_nagle_algorithm = True
-
+        class Handler(VendorLikeHandler):
             def log_message(self, *args):  # keep output quiet
                 pass
 
